@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/bootstrap.sh
+# checkov pins its own dependency set, so it lives in a venv of its own (.venv-checkov).
+ci/checkov.sh
 if [ ! -x /usr/bin/chromium ]; then
   # The browser tests drive Debian's chromium; never a browser downloaded by a test tool.
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -1,0 +1,342 @@
+"""HTTP request fields, parsing and the error shape: HTTP ↔ typed :class:`ImageJob` list.
+
+Every request field is declared once in :data:`REQUEST_FIELDS` (type, bounds, description); the same
+table parses ``GET /imagine`` query strings and ``POST /v1/images/generations`` JSON bodies and is
+published by ``GET /info`` so clients (the UI) build their controls from it.
+
+Pure Python: no torch, no Ray; unit-testable without a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from app.config import AppArgs, parse_size
+
+MAX_SEED = 2**32 - 1
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+#: OpenAI Images API options this service accepts but ignores (every OpenAI client sends ``model``).
+IGNORED_OPENAI_FIELDS = frozenset({"model", "user"})
+
+
+class ApiError(Exception):
+    """An HTTP error with the service's JSON error body.
+
+    ``param`` names the offending field (or ``None``), ``code`` is a stable machine-readable reason.
+    """
+
+    TYPES = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        404: "invalid_request_error",
+        405: "invalid_request_error",
+        413: "invalid_request_error",
+        415: "invalid_request_error",
+        500: "server_error",
+        503: "service_unavailable",
+    }
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str,
+        headers: Mapping[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.TYPES.get(self.status, "invalid_request_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+# --------------------------------------------------------------------------------------------------
+# The field table
+
+
+@dataclass(frozen=True)
+class RequestField:
+    """One request field: its type, bounds (which may depend on the deployment's args) and meaning."""
+
+    name: str
+    kind: type  # str, int or float
+    description: str
+    #: Inclusive (min, max) for numbers, or (min_len, max_len) for strings; ``None`` = unbounded.
+    bounds: Callable[[AppArgs], tuple[float, float]] | None = None
+    #: Allowed values for enumerations (given the deployment's args).
+    choices: Callable[[AppArgs], tuple[str, ...]] | None = None
+    #: The value used when the request omits the field (``None`` = absent / chosen at random).
+    default: Callable[[AppArgs], Any] | None = None
+    required: bool = False
+
+    def describe(self, args: AppArgs) -> dict:
+        """The field as ``/info`` publishes it."""
+        described: dict[str, Any] = {"type": self.kind.__name__, "description": self.description}
+        if self.required:
+            described["required"] = True
+        if self.bounds:
+            low, high = self.bounds(args)
+            keys = ("min_length", "max_length") if self.kind is str else ("minimum", "maximum")
+            described.update(zip(keys, (low, high)))
+        if self.choices:
+            described["enum"] = list(self.choices(args))
+        if self.default:
+            described["default"] = self.default(args)
+        return described
+
+    def coerce(self, raw: Any, *, from_query: bool) -> Any:
+        """Turn a query string or a JSON value into ``kind``; raise :class:`ApiError` naming the field."""
+        if self.kind is str:
+            if not isinstance(raw, str):
+                raise invalid(self.name, f"'{self.name}' must be a string", "invalid_type")
+            return raw
+        if from_query:
+            try:
+                value = int(raw.strip()) if self.kind is int else float(raw.strip())
+            except ValueError:
+                raise invalid(self.name, f"'{self.name}' must be {_article(self.kind)}, got {raw!r}", "invalid_type")
+        else:
+            # bool is an int in Python but never a number in a request.
+            numeric = (int,) if self.kind is int else (int, float)
+            if isinstance(raw, bool) or not isinstance(raw, numeric):
+                raise invalid(self.name, f"'{self.name}' must be {_article(self.kind)}", "invalid_type")
+            value = raw if self.kind is int else float(raw)
+        if self.kind is float and not math.isfinite(value):
+            raise invalid(self.name, f"'{self.name}' must be a finite number", "invalid_value")
+        return value
+
+    def check(self, value: Any, args: AppArgs) -> Any:
+        """Apply bounds and choices to a coerced value."""
+        if self.bounds:
+            low, high = self.bounds(args)
+            if self.kind is str:
+                if not low <= len(value) <= high:
+                    if len(value) < low:
+                        rule = "must not be empty" if low == 1 else f"must have at least {low} characters"
+                    else:
+                        rule = f"must be at most {high} characters (got {len(value)})"
+                    code = "missing_value" if len(value) < low else "too_long"
+                    raise invalid(self.name, f"'{self.name}' {rule}", code)
+            elif not low <= value <= high:
+                raise invalid(
+                    self.name, f"'{self.name}' must be between {low:g} and {high:g}, got {value:g}", "out_of_range"
+                )
+        if self.choices:
+            allowed = self.choices(args)
+            if value not in allowed:
+                raise invalid(
+                    self.name, f"'{self.name}' must be one of {', '.join(allowed)}; got {value!r}", "unsupported_value"
+                )
+        return value
+
+
+def _article(kind: type) -> str:
+    return "an integer" if kind is int else "a number"
+
+
+def _widths(args: AppArgs) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str(w) for w, _ in args.sizes))
+
+
+def _heights(args: AppArgs) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str(h) for _, h in args.sizes))
+
+
+_FIELDS = [
+    RequestField("prompt", str, "What to draw.", bounds=lambda a: (1, a.max_prompt_chars), required=True),
+    RequestField("negative_prompt", str, "What to avoid.", bounds=lambda a: (0, a.max_prompt_chars)),
+    RequestField(
+        "seed", int, "Random seed; the same seed and settings give the same image. Random when absent.",
+        bounds=lambda a: (0, MAX_SEED),
+    ),
+    RequestField(
+        "steps", int, "Denoising steps (more: slower, finer).",
+        bounds=lambda a: (1, a.max_steps), default=lambda a: a.default_steps,
+    ),
+    RequestField(
+        "guidance_scale", float, "How strongly the image follows the prompt (classifier-free guidance).",
+        bounds=lambda a: (0.0, a.max_guidance_scale), default=lambda a: a.default_guidance_scale,
+    ),
+    RequestField(
+        "width", int, "Image width in pixels (GET /imagine; one of the configured sizes).",
+        bounds=lambda a: (min(w for w, _ in a.sizes), max(w for w, _ in a.sizes)),
+        default=lambda a: a.default_size[0],
+    ),
+    RequestField(
+        "height", int, "Image height in pixels (GET /imagine; one of the configured sizes).",
+        bounds=lambda a: (min(h for _, h in a.sizes), max(h for _, h in a.sizes)),
+        default=lambda a: a.default_size[1],
+    ),
+    RequestField(
+        "size", str, "'WIDTHxHEIGHT' (POST /v1/images/generations; one of the configured sizes).",
+        choices=lambda a: a.image_sizes, default=lambda a: a.image_sizes[0],
+    ),
+    RequestField(
+        "output_format", str, "Image encoding.",
+        choices=lambda a: OUTPUT_FORMATS, default=lambda a: a.default_output_format,
+    ),
+    RequestField(
+        "n", int, "Number of images (POST /v1/images/generations); image i uses seed + i.",
+        bounds=lambda a: (1, a.max_images_per_request), default=lambda a: 1,
+    ),
+    RequestField(
+        "response_format", str, "Only 'b64_json' (the service stores no images, so it has no URLs to return).",
+        choices=lambda a: ("b64_json",), default=lambda a: "b64_json",
+    ),
+]
+
+#: Every request field, declared once.
+REQUEST_FIELDS: dict[str, RequestField] = {f.name: f for f in _FIELDS}
+
+_COMMON = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "output_format")
+IMAGINE_FIELDS = _COMMON + ("width", "height")
+OPENAI_FIELDS = _COMMON + ("n", "size", "response_format")
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed requests
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to generate. Jobs with equal :attr:`batch_key` can share a pipeline call."""
+
+    prompt: str
+    negative_prompt: str | None
+    seed: int
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+
+    @property
+    def batch_key(self) -> tuple:
+        # A pipeline call has one step count, size and guidance scale. Jobs with and without a
+        # negative prompt are kept apart too: SDXL uses zero embeddings for "no negative prompt" but
+        # encodes "" for an empty one, so mixing them would change the image a seed produces.
+        return (self.width, self.height, self.steps, self.guidance_scale, self.negative_prompt is not None)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated request: the images to make and how to encode them."""
+
+    jobs: tuple[ImageJob, ...]
+    output_format: str
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.jobs[0].seed
+
+
+def _collect(
+    values: Mapping[str, Any], allowed: tuple[str, ...], args: AppArgs, *, from_query: bool
+) -> dict[str, Any]:
+    """Coerce and check every given field of ``allowed``; fill defaults for absent ones."""
+    parsed: dict[str, Any] = {}
+    for name in allowed:
+        spec = REQUEST_FIELDS[name]
+        if name in values and values[name] is not None:
+            parsed[name] = spec.check(spec.coerce(values[name], from_query=from_query), args)
+        elif spec.required:
+            raise invalid(name, f"'{name}' is required", "missing_value")
+        elif spec.default:
+            parsed[name] = spec.default(args)
+    if not parsed["prompt"].strip():
+        raise invalid("prompt", "'prompt' must contain more than whitespace", "missing_value")
+    return parsed
+
+
+def _seed(parsed: dict) -> int:
+    return parsed["seed"] if "seed" in parsed else secrets.randbelow(MAX_SEED + 1)
+
+
+def _jobs(parsed: dict, width: int, height: int, count: int) -> tuple[ImageJob, ...]:
+    first_seed = _seed(parsed)
+    return tuple(
+        ImageJob(
+            prompt=parsed["prompt"],
+            negative_prompt=parsed.get("negative_prompt"),
+            # Image i uses seed + i, wrapping so every seed stays a valid 32-bit generator seed.
+            seed=(first_seed + index) % (MAX_SEED + 1),
+            steps=parsed["steps"],
+            guidance_scale=parsed["guidance_scale"],
+            width=width,
+            height=height,
+        )
+        for index in range(count)
+    )
+
+
+def parse_imagine_query(query: list[tuple[str, str]], args: AppArgs) -> GenerationRequest:
+    """Validate ``GET /imagine``'s query string (as a list of key/value pairs)."""
+    values: dict[str, str] = {}
+    for key, value in query:
+        if key not in IMAGINE_FIELDS:
+            raise invalid(key, f"unknown query parameter '{key}'; accepted: {', '.join(IMAGINE_FIELDS)}", "unknown_parameter")
+        if key in values:
+            raise invalid(key, f"query parameter '{key}' is given more than once", "duplicate_parameter")
+        values[key] = value
+    parsed = _collect(values, IMAGINE_FIELDS, args, from_query=True)
+    size = (parsed["width"], parsed["height"])
+    if size not in args.sizes:
+        param = "width" if "width" in values or "height" not in values else "height"
+        raise invalid(
+            param,
+            f"size {size[0]}x{size[1]} is not served; 'width'x'height' must be one of {', '.join(args.image_sizes)}",
+            "unsupported_value",
+        )
+    return GenerationRequest(jobs=_jobs(parsed, *size, count=1), output_format=parsed["output_format"])
+
+
+def parse_openai_body(body: Any, args: AppArgs) -> GenerationRequest:
+    """Validate a ``POST /v1/images/generations`` JSON body (already decoded)."""
+    if not isinstance(body, dict):
+        raise invalid(None, "the request body must be a JSON object", "invalid_json")
+    for key in body:
+        if key not in OPENAI_FIELDS and key not in IGNORED_OPENAI_FIELDS:
+            raise invalid(
+                key,
+                f"'{key}' is not supported by this service; supported fields: {', '.join(OPENAI_FIELDS)}",
+                "unsupported_parameter",
+            )
+    for key in IGNORED_OPENAI_FIELDS & body.keys():
+        if body[key] is not None and not isinstance(body[key], str):
+            raise invalid(key, f"'{key}' must be a string", "invalid_type")
+    parsed = _collect(body, OPENAI_FIELDS, args, from_query=False)
+    width, height = parse_size(parsed["size"])
+    request = GenerationRequest(
+        jobs=_jobs(parsed, width, height, count=parsed["n"]), output_format=parsed["output_format"]
+    )
+    return request
+
+
+def describe_fields(args: AppArgs) -> dict:
+    """The field table as ``/info`` publishes it, per route."""
+    return {
+        "imagine": {name: REQUEST_FIELDS[name].describe(args) for name in IMAGINE_FIELDS},
+        "images_generations": {name: REQUEST_FIELDS[name].describe(args) for name in OPENAI_FIELDS},
+    }

@@ -1,0 +1,61 @@
+"""Grouping queued images into pipeline calls (pure functions, unit-tested without a model).
+
+``@serve.batch`` hands the replica one list of queued :class:`~app.api.ImageJob`s. A pipeline call has
+a single step count, size and guidance scale, so the list is partitioned by ``batch_key`` (never
+mixing incompatible jobs), each group is cut to the backend's batch size, and for a backend with a
+fixed compiled batch (Neuron) the last chunk is padded by repeating its last job; the padded images are
+computed and dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Hashable, Protocol, Sequence, TypeVar
+
+
+class Batchable(Protocol):
+    @property
+    def batch_key(self) -> Hashable: ...
+
+
+JobT = TypeVar("JobT", bound=Batchable)
+
+
+@dataclass(frozen=True)
+class PipelineCall:
+    """One pipeline invocation: ``jobs`` (maybe padded) and which positions in the original batch they answer."""
+
+    jobs: tuple
+    #: ``positions[i]`` is the index in the ``@serve.batch`` list that ``jobs[i]`` answers; padding has none.
+    positions: tuple[int, ...]
+
+    @property
+    def padding(self) -> int:
+        return len(self.jobs) - len(self.positions)
+
+
+def partition_compatible(jobs: Sequence[JobT]) -> list[list[int]]:
+    """Indices of ``jobs`` grouped by ``batch_key``, groups in order of first arrival."""
+    groups: dict[Hashable, list[int]] = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault(job.batch_key, []).append(index)
+    return list(groups.values())
+
+
+def plan_pipeline_calls(jobs: Sequence[JobT], batch_size: int, *, fixed_batch: bool) -> list[PipelineCall]:
+    """Split ``jobs`` into pipeline calls of at most ``batch_size`` compatible jobs.
+
+    With ``fixed_batch`` every call has exactly ``batch_size`` jobs (a compiled Neuron graph accepts no
+    other shape): a short chunk is padded by repeating its last job.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    calls = []
+    for group in partition_compatible(jobs):
+        for start in range(0, len(group), batch_size):
+            positions = tuple(group[start : start + batch_size])
+            chunk = [jobs[i] for i in positions]
+            if fixed_batch:
+                chunk += [chunk[-1]] * (batch_size - len(chunk))
+            calls.append(PipelineCall(jobs=tuple(chunk), positions=positions))
+    return calls

@@ -1,0 +1,446 @@
+"""The web UI's HTTP client: everything the UI knows about the service goes through its public API.
+
+Plain functions over ``httpx``, with no Gradio and no Ray, so that what a user reads when something
+fails (a 400 naming the bad field, 401, 503 busy, a timeout, a service that is down) is decided here
+and tested without a browser. The UI never fabricates an image: a call either returns the service's
+image bytes or raises :class:`ApiError` carrying a message written for people.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.config import AppArgs, parse_size
+
+ErrorKind = Literal["invalid_request", "unauthorized", "busy", "timeout", "unreachable", "server_error", "bad_response"]
+
+#: Formats the API can encode; /info may narrow or reorder them.
+OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
+
+# The API's own defaults: what the UI shows until /info answers (or when it answers only partly).
+_API_DEFAULTS = AppArgs()
+
+
+class UIArgs(BaseModel):
+    """Arguments of the UI Serve application (serveConfigV2 ``applications[name=ui].args``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_url: str = Field(
+        default="http://127.0.0.1:8000/serve",
+        min_length=1,
+        max_length=2048,
+        description=(
+            "Base URL of the SDXL API, route prefix included. In a RayService every Ray node runs a "
+            "Serve proxy on port 8000, so the default reaches the API from the UI replica's own node."
+        ),
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description=(
+            "Name of an environment variable holding the API key the UI sends as 'Authorization: Bearer'. "
+            "Use the same variable as the API app's api_key_env. The UI itself asks for no key: protect "
+            "its route (Ingress auth, NetworkPolicy) when the API needs one."
+        ),
+    )
+    request_timeout_s: float = Field(
+        default=300.0,
+        gt=0.0,
+        le=3600.0,
+        allow_inf_nan=False,
+        description="How long the UI waits for one generation before telling the user it timed out.",
+    )
+    title: str = Field(default="Stable Diffusion XL", min_length=1, max_length=200, description="Page heading.")
+
+    @field_validator("api_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"api_url {value!r} must be an absolute http(s) URL such as http://127.0.0.1:8000/serve")
+        if parts.query or parts.fragment:
+            raise ValueError(f"api_url {value!r} must not contain a query or fragment")
+        return value.strip().rstrip("/")
+
+
+class InvalidUIArgs(ValueError):
+    """Raised by :func:`parse_ui_args`; the message names every offending field."""
+
+
+def parse_ui_args(raw: dict | None) -> UIArgs:
+    try:
+        return UIArgs.model_validate(raw or {})
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"]) or "args"
+            problems.append(f"{where}: {item['msg']}")
+        raise InvalidUIArgs("invalid UI application args: " + "; ".join(problems)) from None
+
+
+def api_key_from_env(args: UIArgs) -> str | None:
+    """The key named by ``api_key_env``; an empty or unset variable is a deploy error, not a silent 401 later."""
+    if args.api_key_env is None:
+        return None
+    key = os.environ.get(args.api_key_env, "")
+    if not key:
+        raise InvalidUIArgs(f"api_key_env: environment variable {args.api_key_env} is empty or not set")
+    return key
+
+
+class ApiError(Exception):
+    """A failed API call, with a message meant to be shown to the user as is."""
+
+    def __init__(self, message: str, *, kind: ErrorKind, status: int | None = None, param: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+        self.status = status
+        self.param = param
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    """What the UI's controls are built from: sizes, limits and defaults the service reports on /info."""
+
+    image_sizes: tuple[str, ...] = _API_DEFAULTS.image_sizes
+    default_steps: int = _API_DEFAULTS.default_steps
+    max_steps: int = _API_DEFAULTS.max_steps
+    default_guidance_scale: float = _API_DEFAULTS.default_guidance_scale
+    max_guidance_scale: float = _API_DEFAULTS.max_guidance_scale
+    max_prompt_chars: int = _API_DEFAULTS.max_prompt_chars
+    default_output_format: str = _API_DEFAULTS.default_output_format
+    output_formats: tuple[str, ...] = OUTPUT_FORMATS
+    backend: str | None = None
+    model_id: str | None = None
+
+    @property
+    def default_size(self) -> str:
+        return self.image_sizes[0]
+
+    def summary(self) -> str:
+        """One line for the page: which model answers, on what, within which limits."""
+        who = " · ".join(part for part in (self.model_id, self.backend) if part) or "SDXL service"
+        return (
+            f"{who} · sizes {', '.join(self.image_sizes)} · up to {self.max_steps} steps · "
+            f"guidance ≤ {self.max_guidance_scale:g} · prompts ≤ {self.max_prompt_chars} characters"
+        )
+
+
+def _field_table(data: dict) -> dict:
+    """The per-field description /info publishes for ``GET /imagine`` (bounds, enums, defaults), if any."""
+    for key in ("fields", "request_fields", "parameters"):
+        table = data.get(key)
+        if isinstance(table, dict):
+            imagine = table.get("imagine", table)
+            if isinstance(imagine, dict):
+                return imagine
+    return {}
+
+
+# Where each ServiceInfo value sits in a field table entry: (field, attribute).
+_FIELD_TABLE_KEYS = {
+    "default_steps": ("steps", "default"),
+    "max_steps": ("steps", "maximum"),
+    "default_guidance_scale": ("guidance_scale", "default"),
+    "max_guidance_scale": ("guidance_scale", "maximum"),
+    "max_prompt_chars": ("prompt", "max_length"),
+    "output_formats": ("output_format", "enum"),
+    "default_output_format": ("output_format", "default"),
+}
+
+
+def _lookup(data: dict, key: str) -> Any:
+    # /info may report a value at the top level, grouped under "limits" / "defaults", or in its
+    # per-field table; accept all three so the UI follows the service rather than one layout.
+    if key in data:
+        return data[key]
+    if key in _FIELD_TABLE_KEYS:
+        name, attribute = _FIELD_TABLE_KEYS[key]
+        entry = _field_table(data).get(name)
+        if isinstance(entry, dict) and attribute in entry:
+            return entry[attribute]
+    short = key.removeprefix("default_").removeprefix("max_")
+    for group in ("limits", "defaults"):
+        section = data.get(group)
+        if isinstance(section, dict):
+            if key in section:
+                return section[key]
+            wanted_group = "defaults" if key.startswith("default_") else "limits" if key.startswith("max_") else None
+            if group == wanted_group and short in section:
+                return section[short]
+    return None
+
+
+def parse_info(data: Any) -> ServiceInfo:
+    """Build :class:`ServiceInfo` from /info's JSON, keeping the API defaults for what it leaves out."""
+    if not isinstance(data, dict):
+        raise ApiError("The service's /info answer is not a JSON object.", kind="bad_response")
+    base = ServiceInfo()
+    values: dict[str, Any] = {}
+
+    sizes = _lookup(data, "image_sizes")
+    if isinstance(sizes, (list, tuple)) and sizes:
+        parsed = []
+        for size in sizes:
+            text = size if isinstance(size, str) else "{}x{}".format(*size) if isinstance(size, (list, tuple)) else None
+            try:
+                parsed.append("{}x{}".format(*parse_size(text)))
+            except (TypeError, ValueError):
+                continue
+        if parsed:
+            values["image_sizes"] = tuple(dict.fromkeys(parsed))
+    default_size = _lookup(data, "default_size")
+    if isinstance(default_size, str) and default_size in values.get("image_sizes", ()):
+        values["image_sizes"] = (default_size,) + tuple(s for s in values["image_sizes"] if s != default_size)
+
+    for name, kind in (
+        ("default_steps", int),
+        ("max_steps", int),
+        ("max_prompt_chars", int),
+        ("default_guidance_scale", float),
+        ("max_guidance_scale", float),
+    ):
+        value = _lookup(data, name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+            values[name] = kind(value)
+
+    formats = _lookup(data, "output_formats")
+    if isinstance(formats, (list, tuple)):
+        known = tuple(f for f in formats if f in OUTPUT_FORMATS)
+        if known:
+            values["output_formats"] = known
+    default_format = _lookup(data, "default_output_format")
+    if default_format in values.get("output_formats", base.output_formats):
+        values["default_output_format"] = default_format
+
+    for name in ("backend", "model_id"):
+        if isinstance(data.get(name), str):
+            values[name] = data[name]
+
+    info = ServiceInfo(**{**base.__dict__, **values})
+    # Keep the controls consistent even if /info reports a default above its own limit.
+    if info.default_steps > info.max_steps:
+        info = ServiceInfo(**{**info.__dict__, "default_steps": info.max_steps})
+    if info.default_guidance_scale > info.max_guidance_scale:
+        info = ServiceInfo(**{**info.__dict__, "default_guidance_scale": info.max_guidance_scale})
+    return info
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int | None = None  # None: the service draws one and reports it in X-Seed
+    steps: int | None = None
+    guidance_scale: float | None = None
+    size: str | None = None  # "WxH"
+    output_format: str | None = None
+
+    def query(self) -> dict[str, str]:
+        params: dict[str, str] = {"prompt": self.prompt}
+        if self.negative_prompt:
+            params["negative_prompt"] = self.negative_prompt
+        if self.seed is not None:
+            params["seed"] = str(int(self.seed))
+        if self.steps is not None:
+            params["steps"] = str(int(self.steps))
+        if self.guidance_scale is not None:
+            params["guidance_scale"] = repr(float(self.guidance_scale))
+        if self.size:
+            width, height = parse_size(self.size)
+            params["width"], params["height"] = str(width), str(height)
+        if self.output_format:
+            params["output_format"] = self.output_format
+        return params
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    image: bytes = field(repr=False)
+    media_type: str
+    seed: int
+    generation_ms: float | None
+    steps: int | None
+    guidance_scale: float | None
+    size: str | None
+    request: GenerationRequest
+
+    @property
+    def extension(self) -> str:
+        subtype = self.media_type.split("/", 1)[-1].split(";", 1)[0].strip().lower()
+        return {"jpeg": "jpg", "png": "png", "webp": "webp"}.get(subtype, "bin")
+
+    def summary(self) -> str:
+        parts = [f"seed {self.seed}"]
+        if self.generation_ms is not None:
+            parts.append(f"generated in {self.generation_ms / 1000:.2f} s")
+        if self.size:
+            parts.append(self.size)
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.guidance_scale is not None:
+            parts.append(f"guidance {self.guidance_scale:g}")
+        parts.append(self.extension.replace("jpg", "jpeg").upper())
+        return " · ".join(parts)
+
+
+def _headers(api_key: str | None) -> dict[str, str]:
+    headers = {"Accept": "application/json, image/*"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return headers
+
+
+def _client(timeout_s: float) -> httpx.Client:
+    # Connecting is quick or never: fail an unreachable service fast, but let generation take its time.
+    # trust_env=False: the UI talks to its own service; an HTTP(S)_PROXY meant for the internet must not intercept it.
+    return httpx.Client(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0)), trust_env=False)
+
+
+def error_from_response(response: httpx.Response) -> ApiError:
+    """Turn a non-2xx answer into a readable :class:`ApiError`, using the API's JSON error body when present."""
+    status = response.status_code
+    message = None
+    param = None
+    try:
+        body = response.json()
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            message = error.get("message") if isinstance(error.get("message"), str) else None
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+        elif isinstance(body, dict) and isinstance(body.get("detail"), str):
+            message = body["detail"]
+    except (ValueError, json.JSONDecodeError):
+        pass
+    if message is None:
+        text = response.text.strip()
+        message = text[:300] if text and "<html" not in text[:200].lower() else None
+
+    if status == 503 or status == 429:
+        retry = response.headers.get("Retry-After")
+        wait = f" Try again in {retry} s." if retry and retry.isdigit() else " Try again in a moment."
+        detail = f" ({message})" if message else ""
+        return ApiError(f"The service is busy{detail}.{wait}", kind="busy", status=status, param=param)
+    if status == 401 or status == 403:
+        detail = f": {message}" if message else ""
+        return ApiError(
+            f"The service refused the UI's credentials (HTTP {status}){detail}. "
+            "Check that the UI's api_key_env names the same key as the API's.",
+            kind="unauthorized",
+            status=status,
+            param=param,
+        )
+    if status == 504:
+        return ApiError(
+            "The service took too long to answer (HTTP 504 from a gateway). Try fewer steps or a smaller size.",
+            kind="timeout",
+            status=status,
+        )
+    if 400 <= status < 500:
+        field_note = f" [{param}]" if param and message and param not in message else ""
+        return ApiError(
+            f"The service rejected the request (HTTP {status}): {message or response.reason_phrase}{field_note}",
+            kind="invalid_request",
+            status=status,
+            param=param,
+        )
+    return ApiError(
+        f"The service failed (HTTP {status}){': ' + message if message else ''}. See the service logs.",
+        kind="server_error",
+        status=status,
+        param=param,
+    )
+
+
+def _unreachable(api_url: str, error: Exception) -> ApiError:
+    return ApiError(
+        f"The service at {api_url} is unreachable ({type(error).__name__}: {error or 'no answer'}). "
+        "Is the API application running?",
+        kind="unreachable",
+    )
+
+
+def fetch_info(api_url: str, *, api_key: str | None = None, timeout_s: float = 10.0) -> ServiceInfo:
+    """GET ``{api_url}/info``."""
+    try:
+        with _client(timeout_s) as client:
+            response = client.get(f"{api_url}/info", headers=_headers(api_key))
+    except httpx.TimeoutException as error:
+        raise ApiError(f"The service at {api_url} did not answer /info within {timeout_s:g} s.", kind="timeout") from error
+    except httpx.TransportError as error:
+        raise _unreachable(api_url, error) from error
+    if response.status_code != 200:
+        raise error_from_response(response)
+    try:
+        return parse_info(response.json())
+    except ValueError as error:
+        raise ApiError("The service's /info answer is not JSON.", kind="bad_response", status=200) from error
+
+
+def _int_header(response: httpx.Response, name: str) -> int | None:
+    try:
+        return int(response.headers[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def _float_header(response: httpx.Response, name: str) -> float | None:
+    try:
+        value = float(response.headers[name])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def generate(
+    api_url: str, request: GenerationRequest, *, api_key: str | None = None, timeout_s: float = 300.0
+) -> GenerationResult:
+    """GET ``{api_url}/imagine`` and return the image with the parameters the service actually used."""
+    if not request.prompt.strip():
+        # The API would say the same; answering locally saves a round trip for the commonest slip.
+        raise ApiError("Write a prompt first: the service needs a description of the image.", kind="invalid_request", param="prompt")
+    try:
+        with _client(timeout_s) as client:
+            response = client.get(f"{api_url}/imagine", params=request.query(), headers=_headers(api_key))
+    except httpx.TimeoutException as error:
+        raise ApiError(
+            f"No image after {timeout_s:g} s: the service is slow or overloaded. Try again, or use fewer steps.",
+            kind="timeout",
+        ) from error
+    except httpx.TransportError as error:
+        raise _unreachable(api_url, error) from error
+    if response.status_code != 200:
+        raise error_from_response(response)
+
+    media_type = response.headers.get("content-type", "")
+    if not media_type.startswith("image/") or not response.content:
+        raise ApiError(
+            f"The service answered 200 but sent no image (content-type {media_type or 'missing'}).",
+            kind="bad_response",
+            status=200,
+        )
+    seed = _int_header(response, "X-Seed")
+    if seed is None:
+        if request.seed is None:
+            raise ApiError("The service sent an image without its X-Seed header.", kind="bad_response", status=200)
+        seed = request.seed
+    return GenerationResult(
+        image=response.content,
+        media_type=media_type,
+        seed=seed,
+        generation_ms=_float_header(response, "X-Generation-Time-Ms"),
+        steps=_int_header(response, "X-Steps"),
+        guidance_scale=_float_header(response, "X-Guidance-Scale"),
+        size=response.headers.get("X-Image-Size"),
+        request=request,
+    )

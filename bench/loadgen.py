@@ -1,0 +1,151 @@
+"""A small closed-loop HTTP load generator shared by the benchmark and the reliability tests.
+
+Closed loop: ``concurrency`` clients each send a request, wait for the whole answer, and send the
+next, so the offered load adapts to the service instead of queueing without bound in the client.
+Every request is recorded (start, end, status, headers that matter) so callers can compute their
+own figures; :func:`summarise` gives the usual ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import httpx
+
+
+@dataclass
+class Sample:
+    started: float  # time.monotonic() when the request was sent
+    finished: float
+    status: int  # HTTP status, or 0 when the client gave up (timeout) or the connection failed
+    error: str = ""
+    nbytes: int = 0
+    retry_after: str | None = None
+    generation_ms: float | None = None  # X-Generation-Time-Ms when the service reports it
+
+    @property
+    def latency(self) -> float:
+        return self.finished - self.started
+
+
+@dataclass
+class RunResult:
+    concurrency: int
+    samples: list[Sample] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"concurrency": self.concurrency, "wall_s": self.wall_s, **summarise(self)}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (no interpolation: with few samples p99 is the worst one, said plainly)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarise(run: RunResult) -> dict:
+    ok = [s for s in run.samples if s.status == 200]
+    latencies = [s.latency for s in ok]
+    statuses: dict[str, int] = {}
+    for s in run.samples:
+        statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1
+    gen = [s.generation_ms for s in ok if s.generation_ms is not None]
+    return {
+        "requests": len(run.samples),
+        "ok": len(ok),
+        "statuses": statuses,
+        "p50_s": percentile(latencies, 50),
+        "p99_s": percentile(latencies, 99),
+        "mean_s": statistics.fmean(latencies) if latencies else math.nan,
+        "max_s": max((s.latency for s in run.samples), default=math.nan),
+        "throughput_rps": len(ok) / run.wall_s if run.wall_s > 0 else math.nan,
+        "mean_bytes": statistics.fmean([s.nbytes for s in ok]) if ok else math.nan,
+        "service_generation_p50_ms": percentile(gen, 50) if gen else None,
+    }
+
+
+RequestFactory = Callable[[int], tuple[str, str, dict]]
+"""Given a request index, return ``(method, url, httpx request kwargs)``."""
+
+
+async def _one(client: httpx.AsyncClient, method: str, url: str, kwargs: dict) -> Sample:
+    started = time.monotonic()
+    try:
+        response = await client.request(method, url, **kwargs)
+        body = response.content
+        gen = response.headers.get("x-generation-time-ms")
+        return Sample(
+            started=started,
+            finished=time.monotonic(),
+            status=response.status_code,
+            nbytes=len(body),
+            retry_after=response.headers.get("retry-after"),
+            generation_ms=float(gen) if gen else None,
+            error="" if response.status_code == 200 else body[:300].decode("utf-8", "replace"),
+        )
+    except (httpx.TimeoutException, httpx.TransportError) as error:
+        return Sample(started=started, finished=time.monotonic(), status=0, error=f"{type(error).__name__}: {error}")
+
+
+async def run_closed_loop(
+    make_request: RequestFactory,
+    *,
+    concurrency: int,
+    total_requests: int | None = None,
+    duration_s: float | None = None,
+    timeout_s: float = 120.0,
+    backoff_on_503_s: float | None = None,
+) -> RunResult:
+    """Run ``concurrency`` clients until ``total_requests`` were sent or ``duration_s`` elapsed.
+
+    ``backoff_on_503_s``: after a 503 a client waits ``min(Retry-After, backoff_on_503_s)`` before its
+    next request, as a polite client would (capped so that a bounded run keeps pressure on).
+    """
+    if total_requests is None and duration_s is None:
+        raise ValueError("give total_requests or duration_s")
+    result = RunResult(concurrency=concurrency)
+    counter = iter(range(10**9))
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    deadline = None
+    async with httpx.AsyncClient(timeout=httpx.Timeout(timeout_s), limits=limits) as client:
+        began = time.monotonic()
+        if duration_s is not None:
+            deadline = began + duration_s
+
+        async def worker() -> None:
+            while True:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+                index = next(counter)
+                if total_requests is not None and index >= total_requests:
+                    return
+                method, url, kwargs = make_request(index)
+                sample = await _one(client, method, url, kwargs)
+                result.samples.append(sample)
+                if sample.status == 503 and backoff_on_503_s is not None:
+                    try:
+                        wait = float(sample.retry_after or 0)
+                    except ValueError:
+                        wait = 0.0
+                    await asyncio.sleep(min(max(wait, 0.0), backoff_on_503_s))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result.wall_s = time.monotonic() - began
+    return result
+
+
+def run_sync(make_request: RequestFactory, **kwargs) -> RunResult:
+    return asyncio.run(run_closed_loop(make_request, **kwargs))
+
+
+def sample_dicts(run: RunResult) -> list[dict]:
+    return [asdict(s) | {"latency": s.latency} for s in run.samples]

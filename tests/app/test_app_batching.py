@@ -1,0 +1,56 @@
+"""Grouping queued images into pipeline calls: compatible only, bounded, padded for a fixed batch."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.api import ImageJob
+from app.batching import partition_compatible, plan_pipeline_calls
+
+
+def job(seed, steps=4, size=128, guidance=5.0, negative=None):
+    return ImageJob(f"p{seed}", negative, seed, steps, guidance, size, size)
+
+
+def test_incompatible_jobs_never_share_a_call():
+    jobs = [job(0), job(1, steps=8), job(2), job(3, size=64), job(4, guidance=2.0), job(5, negative="blur")]
+    calls = plan_pipeline_calls(jobs, batch_size=8, fixed_batch=False)
+    assert [call.positions for call in calls] == [(0, 2), (1,), (3,), (4,), (5,)]
+
+
+def test_negative_prompts_share_a_call_only_with_other_negative_prompts():
+    # "no negative prompt" (zero embeddings) and a given one encode differently in SDXL.
+    jobs = [job(0, negative="a"), job(1, negative="b"), job(2)]
+    assert partition_compatible(jobs) == [[0, 1], [2]]
+
+
+def test_groups_are_split_to_the_batch_size():
+    calls = plan_pipeline_calls([job(i) for i in range(5)], batch_size=2, fixed_batch=False)
+    assert [call.positions for call in calls] == [(0, 1), (2, 3), (4,)]
+    assert all(call.padding == 0 for call in calls)
+
+
+def test_a_fixed_batch_is_padded_by_repeating_the_last_job():
+    calls = plan_pipeline_calls([job(0), job(1), job(2)], batch_size=4, fixed_batch=True)
+    (call,) = calls
+    assert [j.seed for j in call.jobs] == [0, 1, 2, 2]
+    assert call.positions == (0, 1, 2) and call.padding == 1
+
+
+jobs_strategy = st.lists(
+    st.builds(job, st.integers(0, 99), st.sampled_from([4, 8]), st.sampled_from([64, 128]),
+              st.sampled_from([1.0, 5.0]), st.sampled_from([None, "x"])),
+    max_size=20,
+)
+
+
+@given(jobs_strategy, st.integers(1, 6), st.booleans())
+def test_every_job_is_answered_exactly_once_by_a_compatible_call_of_the_right_size(jobs, batch_size, fixed):
+    calls = plan_pipeline_calls(jobs, batch_size, fixed_batch=fixed)
+    answered = [position for call in calls for position in call.positions]
+    assert sorted(answered) == list(range(len(jobs)))
+    for call in calls:
+        assert len({j.batch_key for j in call.jobs}) == 1
+        assert len(call.jobs) == batch_size if fixed else 1 <= len(call.jobs) <= batch_size
+        assert all(call.jobs[i] == jobs[p] for i, p in enumerate(call.positions))

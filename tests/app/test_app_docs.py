@@ -1,0 +1,28 @@
+"""The README's API section documents every app argument and request field the code declares."""
+
+from __future__ import annotations
+
+import re
+
+from app.api import REQUEST_FIELDS
+from app.config import AppArgs
+from tests.support.serve_cluster import REPO_ROOT
+
+
+def api_section() -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    match = re.search(r"<!-- BEGIN section:api -->(.*?)<!-- END section:api -->", text, re.S)
+    assert match, "README.md has no api section"
+    return match.group(1)
+
+
+def test_readme_documents_every_app_argument():
+    section = api_section()
+    missing = [name for name in AppArgs.model_fields if f"`{name}`" not in section]
+    assert not missing, f"README api section does not mention: {missing}"
+
+
+def test_readme_documents_every_request_field():
+    section = api_section()
+    missing = [name for name in REQUEST_FIELDS if f"`{name}`" not in section]
+    assert not missing, f"README api section does not mention: {missing}"

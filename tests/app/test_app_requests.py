@@ -1,0 +1,82 @@
+"""Request parsing from the field table (pure functions; the HTTP module covers the same rules end to end)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.api import MAX_SEED, REQUEST_FIELDS, ApiError, parse_imagine_query, parse_openai_body
+from app.config import parse_app_args
+
+ARGS = parse_app_args({"backend": "cpu", "image_sizes": ["128x128", "64x64"], "default_steps": 4, "max_steps": 20,
+                       "max_prompt_chars": 50, "max_images_per_request": 3})
+
+
+def test_defaults_fill_absent_fields():
+    request = parse_imagine_query([("prompt", "a cat")], ARGS)
+    (job,) = request.jobs
+    assert (job.width, job.height, job.steps, job.guidance_scale) == (128, 128, 4, ARGS.default_guidance_scale)
+    assert job.negative_prompt is None
+    assert 0 <= job.seed <= MAX_SEED
+    assert request.output_format == "png"
+
+
+def test_absent_seeds_are_random():
+    seeds = {parse_imagine_query([("prompt", "a cat")], ARGS).seed for _ in range(20)}
+    assert len(seeds) > 1
+
+
+def test_openai_images_use_consecutive_seeds_wrapping_at_two_to_the_32():
+    request = parse_openai_body({"prompt": "a cat", "n": 3, "seed": MAX_SEED - 1}, ARGS)
+    assert [job.seed for job in request.jobs] == [MAX_SEED - 1, MAX_SEED, 0]
+
+
+def test_openai_accepts_and_ignores_model_and_user():
+    request = parse_openai_body({"prompt": "a cat", "model": "dall-e-3", "user": "u1"}, ARGS)
+    assert len(request.jobs) == 1
+
+
+def test_query_numbers_accept_surrounding_spaces_and_integral_guidance():
+    (job,) = parse_imagine_query([("prompt", "x"), ("steps", " 7 "), ("guidance_scale", "3")], ARGS).jobs
+    assert job.steps == 7 and job.guidance_scale == 3.0
+
+
+@pytest.mark.parametrize("name", ["steps", "seed", "n"])
+def test_integer_fields_refuse_floats_in_json(name):
+    with pytest.raises(ApiError) as raised:
+        parse_openai_body({"prompt": "x", name: 2.0}, ARGS)
+    assert raised.value.status == 400 and raised.value.param == name
+
+
+def test_every_field_has_a_description_and_published_bounds_match_the_args():
+    assert all(field.description for field in REQUEST_FIELDS.values())
+    steps = REQUEST_FIELDS["steps"].describe(ARGS)
+    assert (steps["minimum"], steps["maximum"], steps["default"]) == (1, 20, 4)
+    assert REQUEST_FIELDS["prompt"].describe(ARGS)["max_length"] == 50
+
+
+@given(st.dictionaries(st.text(max_size=12), st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
+                                                         st.text(max_size=60), st.lists(st.integers(), max_size=2))))
+def test_any_json_object_is_either_a_valid_request_or_a_400(body):
+    # Whatever arrives, parsing ends in a request or a 400 naming a field (never another exception).
+    try:
+        request = parse_openai_body(body, ARGS)
+    except ApiError as error:
+        assert error.status == 400 and error.message
+    else:
+        assert 1 <= len(request.jobs) <= 3
+        assert all(1 <= job.steps <= 20 and (job.width, job.height) in ARGS.sizes for job in request.jobs)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["prompt", "steps", "seed", "guidance_scale", "width", "height",
+                                           "output_format", "negative_prompt", "x"]),
+                          st.text(max_size=20)), max_size=6))
+def test_any_query_string_is_either_a_valid_request_or_a_400(pairs):
+    try:
+        request = parse_imagine_query(pairs, ARGS)
+    except ApiError as error:
+        assert error.status == 400 and error.message
+    else:
+        (job,) = request.jobs
+        assert job.prompt.strip() and 0 <= job.seed <= MAX_SEED and 0 <= job.guidance_scale <= ARGS.max_guidance_scale

@@ -1,0 +1,159 @@
+"""Render the chart with Helm's own engine (helm-python-sdk: Helm v4 Go SDK, no helm binary) and look
+at the result the way a reviewer does: as Kubernetes objects.
+
+Shared by the tests under tests/chart. Rendering is offline (``lookup`` returns nothing) and
+validates values against values.schema.json first, exactly as ``helm install`` does.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO_ROOT / "chart"
+SCENARIO_DIR = CHART_DIR / "ci"
+SCHEMAS_DIR = REPO_ROOT.parent / "shared" / "schemas"
+RELEASE = "sdxl"
+NAMESPACE = "sdxl"
+
+#: Every chart/ci/<name>-values.yaml, by <name>.
+SCENARIOS = sorted(path.name.removesuffix("-values.yaml") for path in SCENARIO_DIR.glob("*-values.yaml"))
+
+#: Kubernetes versions the chart claims (Chart.yaml kubeVersion >= 1.29) and kubernetes-validate ships.
+OLDEST_KUBERNETES = "1.29.0"
+
+
+def newest_kubernetes() -> str:
+    import kubernetes_validate
+
+    return kubernetes_validate.latest_version()
+
+
+@functools.lru_cache(maxsize=1)
+def chart() -> helm_python.Chart:
+    return helm_python.Chart.load(CHART_DIR)
+
+
+def scenario_values(name: str) -> dict:
+    return yaml.safe_load((SCENARIO_DIR / f"{name}-values.yaml").read_text()) or {}
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def set_values(expression: str) -> dict:
+    """Values of a ``--set`` expression, parsed by Helm's own parser."""
+    return helm_python.parse_set_string(expression)
+
+
+@dataclass
+class Rendered:
+    files: dict[str, str]
+    docs: list[dict] = field(default_factory=list)
+
+    @property
+    def notes(self) -> str:
+        return next((text for path, text in self.files.items() if path.endswith("NOTES.txt")), "")
+
+    def all(self, kind: str) -> list[dict]:
+        return [doc for doc in self.docs if doc["kind"] == kind]
+
+    def one(self, kind: str, name: str | None = None) -> dict:
+        found = [doc for doc in self.all(kind) if name is None or doc["metadata"]["name"] == name]
+        assert len(found) == 1, f"expected one {kind} {name or ''}, found {[d['metadata']['name'] for d in found]}"
+        return found[0]
+
+    def kinds(self) -> set[str]:
+        return {doc["kind"] for doc in self.docs}
+
+    @property
+    def rayservice(self) -> dict:
+        return self.one("RayService")
+
+    @property
+    def serve_config(self) -> dict:
+        return yaml.safe_load(self.rayservice["spec"]["serveConfigV2"])
+
+    def application(self, name: str = "sdxl") -> dict:
+        apps = {app["name"]: app for app in self.serve_config["applications"]}
+        return apps[name]
+
+    @property
+    def sdxl_deployment(self) -> dict:
+        deployments = self.application("sdxl")["deployments"]
+        assert [d["name"] for d in deployments] == ["SDXLService"]
+        return deployments[0]
+
+    @property
+    def head_group(self) -> dict:
+        return self.rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]
+
+    @property
+    def worker_group(self) -> dict:
+        groups = self.rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+        assert len(groups) == 1
+        return groups[0]
+
+    @property
+    def worker_container(self) -> dict:
+        return self.worker_group["template"]["spec"]["containers"][0]
+
+    @property
+    def head_container(self) -> dict:
+        return self.head_group["template"]["spec"]["containers"][0]
+
+    def advertised_resources(self) -> dict:
+        """The worker's rayStartParams.resources, decoded the way the Ray autoscaler decodes it."""
+        raw = self.worker_group["rayStartParams"]["resources"]
+        return json.loads(raw[1:-1].replace("\\", ""))
+
+    def pod_specs(self) -> dict[str, dict]:
+        """Every pod spec the release creates: Ray head, Ray workers, the helm test pod."""
+        specs = {"ray-head": self.head_group["template"]["spec"], "ray-worker": self.worker_group["template"]["spec"]}
+        for pod in self.all("Pod"):
+            specs[pod["metadata"]["name"]] = pod["spec"]
+        return specs
+
+
+def render(
+    values: dict | None = None,
+    *,
+    scenario: str | None = None,
+    name: str = RELEASE,
+    namespace: str = NAMESPACE,
+    upgrade: bool = False,
+) -> Rendered:
+    merged = deep_merge(scenario_values(scenario) if scenario else {}, values or {})
+    files = chart().render(merged, name=name, namespace=namespace, is_install=not upgrade, is_upgrade=upgrade)
+    docs = []
+    for path, text in sorted(files.items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                docs.append(doc)
+    return Rendered(files=files, docs=docs)
+
+
+def render_error(values: dict, *, scenario: str | None = None) -> str:
+    """The message Helm gives for values the chart refuses (schema or validate.yaml)."""
+    try:
+        render(values, scenario=scenario)
+    except (helm_python.HelmValuesError, helm_python.HelmRenderError) as error:
+        return str(error)
+    raise AssertionError(f"the chart rendered values it should refuse: {values}")

@@ -1,0 +1,127 @@
+"""README section `chart`: its values table is values.yaml (every documented key, its default and its
+`# --` description), and the prerequisites it lists match what the chart renders.
+
+Regenerate the table after editing values.yaml:
+    .venv/bin/python tests/chart/test_chart_docs.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+if __name__ == "__main__":  # run as a script: make `tests.chart` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.chart.chartlib import CHART_DIR, REPO_ROOT, render
+
+VALUES_FILE = CHART_DIR / "values.yaml"
+README = REPO_ROOT / "README.md"
+BEGIN, END = "<!-- BEGIN values-table -->", "<!-- END values-table -->"
+KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][A-Za-z0-9]*):(?P<rest>.*)$")
+
+
+def documented_values() -> list[tuple[str, object, str]]:
+    """(dotted key, default, description) for every key with a `# --` comment, in file order.
+
+    A commented key is documented as a whole (its children are not listed separately); an
+    uncommented key must be a section whose children are documented.
+    """
+    defaults = yaml.safe_load(VALUES_FILE.read_text())
+    rows, undocumented = [], []
+    stack: list[tuple[int, str]] = []
+    comment: list[str] = []
+    skip_below: int | None = None
+    lines = VALUES_FILE.read_text().splitlines()
+    for index, line in enumerate(lines):
+        stripped = line.strip()
+        if stripped.startswith("# --"):
+            comment = [stripped[4:].strip()]
+            continue
+        if stripped.startswith("#") and comment:
+            comment.append(stripped[1:].strip())
+            continue
+        match = KEY_LINE.match(line)
+        if not match:
+            if not stripped.startswith("#"):
+                comment = []
+            continue
+        indent = len(match["indent"])
+        if skip_below is not None and indent > skip_below:
+            comment = []
+            continue
+        skip_below = None
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [key for _, key in stack] + [match["key"]]
+        value = defaults
+        for key in path:
+            value = value[key]
+        if comment:
+            rows.append((".".join(path), value, " ".join(comment)))
+            skip_below = indent
+        elif isinstance(value, dict) and value:
+            stack.append((indent, match["key"]))
+        else:
+            undocumented.append(".".join(path))
+        comment = []
+    assert not undocumented, f"values.yaml keys without a '# --' description: {undocumented}"
+    return rows
+
+
+def values_table() -> str:
+    lines = ["| value | default | description |", "|---|---|---|"]
+    for key, default, description in documented_values():
+        shown = json.dumps(default, separators=(", ", ": "))
+        escaped = description.replace("|", "\\|")
+        lines.append(f"| `{key}` | `{shown}` | {escaped} |")
+    return "\n".join(lines)
+
+
+def readme_chart_section() -> str:
+    text = README.read_text()
+    start, end = text.index("<!-- BEGIN section:chart -->"), text.index("<!-- END section:chart -->")
+    return text[start:end]
+
+
+def test_readme_values_table_matches_values_yaml():
+    section = readme_chart_section()
+    table = section[section.index(BEGIN) + len(BEGIN) : section.index(END)].strip()
+    assert table == values_table(), "README values table is stale: run .venv/bin/python tests/chart/test_chart_docs.py"
+
+
+def test_every_values_yaml_key_is_documented_in_the_table():
+    documented = {key for key, _, _ in documented_values()}
+
+    def leaves(value, prefix=""):
+        for key, item in value.items():
+            path = f"{prefix}{key}"
+            if path in documented:
+                yield path
+            elif isinstance(item, dict) and item:
+                yield from leaves(item, path + ".")
+            else:
+                yield path
+
+    assert set(leaves(yaml.safe_load(VALUES_FILE.read_text()))) == documented
+
+
+def test_readme_names_the_prerequisites_and_versions_the_chart_renders_for():
+    section = readme_chart_section()
+    rendered = render()
+    for needed in ("KubeRay", "1.7", "Karpenter", "Neuron device plugin", "ingress", "helm install", "helm upgrade", "helm uninstall"):
+        assert needed in section, needed
+    assert rendered.rayservice["spec"]["rayClusterConfig"]["rayVersion"] in section
+    assert "karpenter.sh/nodepool" in section and "aws.amazon.com/neuron" in section
+
+
+def test_values_yaml_points_editors_at_the_schema():
+    assert VALUES_FILE.read_text().splitlines()[0] == "# yaml-language-server: $schema=values.schema.json"
+
+
+if __name__ == "__main__":
+    print(values_table())

@@ -1,0 +1,67 @@
+"""NOTES.txt, what `helm install` prints: the exact next commands for the values given."""
+
+from __future__ import annotations
+
+from tests.chart.chartlib import render
+
+
+def test_notes_print_how_to_watch_the_rayservice_and_its_pods():
+    notes = render().notes
+    assert "kubectl -n sdxl get rayservice sdxl -w" in notes
+    assert "kubectl -n sdxl get pods -l app.kubernetes.io/instance=sdxl -w" in notes
+    assert "12 replicas of SDXLService, 2 NeuronCores each, 12 per node: 1 worker node(s)" in notes
+
+
+def test_notes_give_the_ingress_address_lookup_and_first_curl_without_a_host():
+    notes = render().notes
+    assert "kubectl -n sdxl get ingress sdxl -o jsonpath=" in notes
+    assert 'curl -o image.png "http://$INGRESS/serve/imagine?prompt=' in notes
+
+
+def test_notes_use_the_ingress_host_and_https_when_tls_is_on():
+    notes = render(scenario="alb").notes
+    assert 'curl -o image.png "https://sdxl.example.com/serve/imagine?prompt=' in notes
+    assert "https://sdxl.example.com/ui/" in notes
+
+
+def test_notes_fall_back_to_port_forward_without_an_ingress():
+    notes = render(scenario="cpu-local").notes
+    assert "kubectl -n sdxl port-forward svc/sdxl-serve-svc 8000:8000" in notes
+    assert 'curl -o image.png "http://127.0.0.1:8000/serve/imagine?prompt=' in notes
+    assert "$INGRESS" not in notes
+
+
+def test_notes_print_helm_test_upgrade_and_a_local_only_dashboard_command():
+    notes = render().notes
+    assert "helm test sdxl -n sdxl" in notes
+    assert "helm upgrade sdxl ./chart -n sdxl --reuse-values --set replicas=N" in notes
+    assert "kubectl -n sdxl port-forward svc/sdxl-head-svc 8265:8265" in notes
+    assert "WARNING" not in notes
+
+
+def test_notes_describe_autoscaling_bounds_when_enabled():
+    notes = render(scenario="autoscaling").notes
+    assert "between 1 and 48 replicas; 12 replicas (2 NeuronCores each) fit on one node, 1 to 4 nodes" in notes
+    assert "--reuse-values --set autoscaling.maxReplicas=N" in notes
+
+
+def test_notes_show_the_ui_port_forward_url_when_the_ui_is_enabled():
+    notes = render(scenario="servicemonitor").notes
+    assert "then open http://127.0.0.1:8000/ui/" in notes
+    assert "/ui/" not in render().notes
+
+
+def test_notes_show_how_to_send_the_api_key():
+    notes = render({"apiKey": {"existingSecret": "sdxl-key"}}).notes
+    assert "Authorization: Bearer $(kubectl -n sdxl get secret sdxl-key -o jsonpath='{.data.api-key}' | base64 -d)" in notes
+
+
+def test_notes_warn_while_the_image_repository_is_the_unpushed_local_name():
+    assert "Build image/Dockerfile, push it" in render().notes
+    assert "Build image/Dockerfile" not in render({"image": {"repository": "123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2"}}).notes
+
+
+def test_notes_warn_that_a_public_ui_spends_the_api_key():
+    notes = render({"ui": {"enabled": True}, "apiKey": {"existingSecret": "sdxl-key"}}).notes
+    assert "the UI calls the API with the API key for whoever opens /ui/" in notes
+    assert "for whoever opens /ui/" not in render({"ui": {"enabled": True}}).notes

@@ -1,0 +1,270 @@
+"""Values the chart refuses, and how it says so: values.schema.json bounds every field (one test per
+bound, generated from the schema itself) and templates/validate.yaml rejects combinations, naming
+the value to change."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.chart.chartlib import CHART_DIR, chart, render, render_error
+
+SCHEMA = json.loads((CHART_DIR / "values.schema.json").read_text())
+
+
+def set_path(path: tuple[str, ...], value) -> dict:
+    values: dict = {}
+    cursor = values
+    for key in path[:-1]:
+        cursor = cursor.setdefault(key, {})
+    cursor[path[-1]] = value
+    return values
+
+
+def walk(schema: dict, path: tuple[str, ...] = ()):
+    """(path, schema) of every property reachable through objects (not inside array items)."""
+    yield path, schema
+    for key, child in schema.get("properties", {}).items():
+        yield from walk(child, (*path, key))
+
+
+def violations():
+    """One value per bound that the schema must reject, with a readable test id."""
+    cases = []
+    for path, node in walk(SCHEMA):
+        where = ".".join(path) or "<root>"
+        kind = node.get("type")
+        if kind == "object" and node.get("additionalProperties") is False:
+            cases.append(pytest.param(path + ("notAValue",), 1, id=f"{where}: unknown key"))
+        if not path:
+            continue
+        if kind in ("integer", "number"):
+            cases.append(pytest.param(path, node["minimum"] - 1, id=f"{where} < minimum"))
+            cases.append(pytest.param(path, node["maximum"] + 1, id=f"{where} > maximum"))
+            cases.append(pytest.param(path, "7", id=f"{where}: a string"))
+            if kind == "integer":
+                cases.append(pytest.param(path, node["minimum"] + 0.5, id=f"{where}: not an integer"))
+        elif kind == "string":
+            cases.append(pytest.param(path, 7, id=f"{where}: a number"))
+            if "enum" in node:
+                cases.append(pytest.param(path, "not-an-option", id=f"{where}: outside enum"))
+            if "pattern" in node:
+                cases.append(pytest.param(path, "Not Valid!", id=f"{where}: pattern"))
+            if "maxLength" in node:
+                cases.append(pytest.param(path, "a" * (node["maxLength"] + 1), id=f"{where}: too long"))
+            if node.get("minLength"):
+                cases.append(pytest.param(path, "", id=f"{where}: empty"))
+        elif kind == "boolean":
+            cases.append(pytest.param(path, "yes", id=f"{where}: not a boolean"))
+        elif kind == "array":
+            cases.append(pytest.param(path, "not-a-list", id=f"{where}: not a list"))
+            if node.get("minItems"):
+                cases.append(pytest.param(path, [], id=f"{where}: empty list"))
+        elif kind == "object" and isinstance(node.get("additionalProperties"), dict):
+            cases.append(pytest.param(path + ("example.com/key",), 7, id=f"{where}: non-string value"))
+    return cases
+
+
+@pytest.mark.parametrize(("path", "value"), violations())
+def test_schema_rejects_each_out_of_bound_value_naming_its_path(path, value):
+    message = render_error(set_path(path, value))
+    # Helm reports a JSON pointer: "/" inside a key is written "~1".
+    pointer = "".join("/" + key.replace("/", "~1") for key in path)
+    if path[-1] == "notAValue":
+        parent = pointer.removesuffix("/notAValue")
+        assert f"at '{parent}': additional properties 'notAValue' not allowed" in message, message
+    else:
+        assert f"at '{pointer}'" in message, message
+
+
+def test_every_schema_field_is_typed_and_described_and_every_object_is_closed():
+    problems = []
+    for path, node in walk(SCHEMA):
+        where = ".".join(path) or "<root>"
+        if "type" not in node or not node.get("description"):
+            problems.append(f"{where}: missing type or description")
+        if node.get("type") == "object" and "additionalProperties" not in node:
+            problems.append(f"{where}: additionalProperties not set")
+        if node.get("type") in ("integer", "number") and not {"minimum", "maximum"} <= node.keys():
+            problems.append(f"{where}: unbounded number")
+        if node.get("type") == "string" and not ({"enum", "pattern", "maxLength"} & node.keys()):
+            problems.append(f"{where}: unbounded string")
+        if node.get("type") == "array" and "maxItems" not in node:
+            problems.append(f"{where}: unbounded list")
+    assert not problems
+
+
+def test_chart_defaults_satisfy_the_schema():
+    chart().validate_schema({})
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        pytest.param({"imageSizes": ["1024x1024", "1024x1024"]}, "items at 0 and 1 are equal", id="duplicate image size"),
+        pytest.param({"huggingFaceToken": {"existingSecret": "Bad_Name"}}, "existingSecret", id="secret name"),
+    ],
+)
+def test_schema_rejects_bad_model_lists_and_secret_names(values, message):
+    assert message in render_error({"model": values})
+
+
+def test_schema_rejects_a_toleration_with_an_unknown_operator():
+    assert "operator" in render_error({"workers": {"tolerations": [{"key": "x", "operator": "Maybe"}]}})
+
+
+def test_schema_rejects_an_extra_env_entry_without_value_or_valuefrom():
+    assert "extraEnv" in render_error({"extraEnv": [{"name": "ONLY_A_NAME"}]})
+
+
+# --- validate.yaml: combinations -------------------------------------------------------------
+
+FAIL_RULES = [
+    pytest.param(
+        {"workers": {"instanceType": "inf2.4xlarge"}},
+        ['workers.instanceType "inf2.4xlarge" is not in', "inf2.48xlarge", "trn1.32xlarge"],
+        id="unknown instance type",
+    ),
+    pytest.param(
+        {"neuronCoresPerReplica": 5},
+        ["neuronCoresPerReplica=5 does not divide the 24 NeuronCores of inf2.48xlarge", "divisor of 24"],
+        id="cores per replica not dividing the node",
+    ),
+    pytest.param(
+        {"neuronCoresPerReplica": 32},
+        ["neuronCoresPerReplica=32 does not divide the 24 NeuronCores"],
+        id="cores per replica larger than the node",
+    ),
+    pytest.param(
+        {"replicas": 13},
+        ["replicas=13 does not fit on workers.maxNodes=1", "12 replicas each", "workers.maxNodes to at least 2", "replicas to at most 12"],
+        id="replicas beyond max nodes",
+    ),
+    pytest.param(
+        {"autoscaling": {"enabled": True, "maxReplicas": 30}, "workers": {"maxNodes": 2}},
+        ["autoscaling.maxReplicas=30 does not fit on workers.maxNodes=2", "at least 3", "at most 24"],
+        id="autoscaling max beyond max nodes",
+    ),
+    pytest.param(
+        {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 4}},
+        ["autoscaling.minReplicas=5 exceeds autoscaling.maxReplicas=4"],
+        id="autoscaling min above max",
+    ),
+    pytest.param(
+        {"workers": {"minNodes": 3, "maxNodes": 2}, "replicas": 12},
+        ["workers.minNodes=3 exceeds workers.maxNodes=2"],
+        id="min nodes above max nodes",
+    ),
+    pytest.param(
+        {"workers": {"instanceType": "inf2.xlarge", "headroom": {"cpu": 4}}, "replicas": 1, "serve": {"replicaCpus": 1, "replicaMemoryMiB": 1024}},
+        ["workers.headroom.cpu=4 leaves no vCPU of the 4 on inf2.xlarge"],
+        id="cpu headroom eats the node",
+    ),
+    pytest.param(
+        {"workers": {"instanceType": "inf2.xlarge", "headroom": {"memoryPercent": 50, "memoryGiB": 8}}, "replicas": 1, "serve": {"replicaCpus": 1}},
+        ["workers.headroom leaves no memory of the 16 GiB on inf2.xlarge"],
+        id="memory headroom eats the node",
+    ),
+    pytest.param(
+        {"serve": {"replicaCpus": 16}},
+        ["12 replicas x serve.replicaCpus=16 need 192 vCPU but one inf2.48xlarge worker has 190", "at most 15"],
+        id="replica CPUs beyond the node",
+    ),
+    pytest.param(
+        {"serve": {"replicaMemoryMiB": 65536}},
+        ["serve.replicaMemoryMiB=65536", "lower serve.replicaMemoryMiB to at most"],
+        id="replica memory beyond the node",
+    ),
+    pytest.param(
+        {"ui": {"enabled": True, "numCpus": 8}, "serve": {"replicaCpus": 15.5}},
+        ["ui.numCpus=8 does not fit next to 12 replicas"],
+        id="ui CPUs beyond the node",
+    ),
+    pytest.param(
+        {"model": {"batchSize": 4}},
+        ["serve.maxOngoingRequests=2 is below model.batchSize=4", "at least 4"],
+        id="batch larger than ongoing requests",
+    ),
+    pytest.param(
+        {"generation": {"defaultSteps": 60}},
+        ["generation.defaultSteps=60 exceeds generation.maxSteps=50"],
+        id="default steps above max",
+    ),
+    pytest.param(
+        {"generation": {"defaultGuidanceScale": 25}},
+        ["generation.defaultGuidanceScale=25 exceeds generation.maxGuidanceScale=20"],
+        id="default guidance above max",
+    ),
+    pytest.param(
+        {"model": {"imageSizes": ["1024x1024", "768x768"]}},
+        ["model.backend=neuron supports exactly one image size", "lists 2"],
+        id="several sizes on neuron",
+    ),
+    pytest.param(
+        {"ingress": {"className": ""}},
+        ["ingress.enabled=true needs ingress.className"],
+        id="ingress without class",
+    ),
+    pytest.param(
+        {"ingress": {"tls": {"enabled": True, "secretName": "tls"}}},
+        ["ingress.tls.enabled=true needs ingress.host and ingress.tls.secretName"],
+        id="tls without host",
+    ),
+    pytest.param(
+        {"dashboard": {"ingress": {"enabled": True}}},
+        ["dashboard.ingress.enabled=true needs dashboard.ingress.host"],
+        id="dashboard ingress without host",
+    ),
+    pytest.param(
+        {"dashboard": {"ingress": {"enabled": True, "host": "ray.example.com"}}, "ingress": {"enabled": False, "className": ""}},
+        ["dashboard.ingress.enabled=true needs ingress.className"],
+        id="dashboard ingress without class",
+    ),
+    pytest.param(
+        {"karpenter": {"create": True, "clusterName": "c"}},
+        ["karpenter.create=true needs karpenter.clusterName", "karpenter.nodeRole"],
+        id="karpenter without node role",
+    ),
+    pytest.param(
+        {"karpenter": {"create": True, "clusterName": "c", "nodeRole": "r"}, "workers": {"nodePool": ""}},
+        ["karpenter.create=true names the NodePool after workers.nodePool"],
+        id="karpenter without nodepool name",
+    ),
+    pytest.param(
+        {"monitoring": {"podMonitor": {"enabled": True}, "serviceMonitor": {"enabled": True}}},
+        ["enable only one"],
+        id="both monitors",
+    ),
+    pytest.param(
+        {"namespace": {"create": True}},
+        ["namespace.create=true needs namespace.name"],
+        id="namespace without name",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "fragments"), FAIL_RULES)
+def test_validate_rule_refuses_the_combination_and_says_what_to_change(values, fragments):
+    message = render_error(values)
+    for fragment in fragments:
+        assert fragment in message
+
+
+def test_every_fail_rule_in_validate_yaml_has_a_test():
+    import re
+
+    source = (CHART_DIR / "templates" / "validate.yaml").read_text()
+    # The longest literal piece of each rule's message (between printf placeholders).
+    openings = [max(re.split(r"%[a-z]", text), key=len) for text in re.findall(r'fail (?:\(printf )?"((?:[^"\\]|\\.)*)"', source)]
+    assert len(openings) == source.count("fail ")
+    messages = [render_error(case.values[0]) for case in FAIL_RULES]
+    untested = [opening for opening in openings if not any(opening.replace('\\"', '"') in message for message in messages)]
+    assert not untested
+
+
+def test_the_largest_valid_combination_renders():
+    # Boundaries are inclusive: exactly a full node of replicas, exactly maxNodes of them.
+    rendered = render({"replicas": 24, "workers": {"maxNodes": 2}, "serve": {"replicaCpus": 15}})
+    assert rendered.sdxl_deployment["num_replicas"] == 24
+    assert rendered.worker_group["replicas"] == 2

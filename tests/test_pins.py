@@ -1,0 +1,88 @@
+"""Static checks of version pins and the serving image (cheap; no docker needed)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "image" / "Dockerfile"
+CHART = REPO / "chart"
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def exact_pins(requirements: list[str]) -> dict[str, str]:
+    pins = {}
+    for requirement in requirements:
+        match = re.match(r"^\s*([A-Za-z0-9_.-]+)(\[[^\]]*\])?\s*==\s*([0-9][^\s;,]*)\s*$", requirement)
+        if match:
+            pins[match.group(1).lower()] = match.group(3)
+    return pins
+
+
+def ray_pin() -> str:
+    return exact_pins(pyproject()["project"]["dependencies"])["ray"]
+
+
+def dockerfile_lines() -> list[str]:
+    """One string per instruction: comment lines dropped first (as Docker does), then continuations joined."""
+    kept = [line for line in DOCKERFILE.read_text().splitlines() if not line.strip().startswith("#")]
+    return [line.strip() for line in "\n".join(kept).replace("\\\n", " ").splitlines() if line.strip()]
+
+
+def test_the_serving_stack_is_pinned_to_exact_versions():
+    project = pyproject()["project"]
+    pins = exact_pins(project["dependencies"])
+    assert {"ray", "diffusers", "transformers"} <= pins.keys(), pins
+    assert exact_pins(project["optional-dependencies"]["neuron"]).get("optimum-neuron", "").startswith("0.4.")
+
+
+def test_the_base_image_is_the_pinned_neuron_sdk_2_26_pytorch_2_8_inference_image():
+    (base,) = [line.split()[1] for line in dockerfile_lines() if line.upper().startswith("FROM ")]
+    repository, _, tag = base.partition(":")
+    assert repository.endswith("/pytorch-inference-neuronx")
+    assert tag and tag != "latest" and "@" not in repository
+    assert tag.startswith("2.8.0-") and "sdk2.26" in tag
+
+
+def test_the_image_runs_as_a_non_root_user():
+    users = [line.split()[1] for line in dockerfile_lines() if line.upper().startswith("USER ")]
+    assert users, "no USER instruction: the image would run as root"
+    assert users[-1] not in ("root", "0", "0:0")
+
+
+def test_the_image_installs_this_project_with_the_neuron_extra_from_the_neuron_pip_repository():
+    text = " ".join(dockerfile_lines())
+    assert re.search(r"pip install [^&]*--extra-index-url [^&]*\.\[neuron[,\]]", text)
+    assert "pip.repos.neuron.amazonaws.com" in text
+
+
+def test_the_image_ray_version_equals_the_pyproject_pin():
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)$", "\n".join(dockerfile_lines()), flags=re.M))
+    assert args.get("RAY_VERSION") == ray_pin()
+
+
+def test_the_image_bakes_in_no_secret_values():
+    for line in dockerfile_lines():
+        if line.upper().startswith(("ENV ", "ARG ")):
+            for name, value in re.findall(r"([A-Za-z_]+)=(\S+)", line):
+                if re.search(r"TOKEN|SECRET|PASSWORD|API_KEY|ACCESS_KEY", name, re.I):
+                    assert value in ('""', "''"), f"{name} has a value baked into the image"
+
+
+def test_the_chart_ray_version_equals_the_pyproject_pin():
+    if not CHART.is_dir():
+        pytest.skip("chart/ not present yet")
+    found = {}
+    for path in sorted(CHART.rglob("*.yaml")):
+        for match in re.finditer(r"\b(rayVersion|ray-version)\b\s*:\s*[\"']?([0-9][0-9.]*)", path.read_text()):
+            found[f"{path.relative_to(REPO)}:{match.group(1)}"] = match.group(2)
+    if not any(key.endswith(":rayVersion") for key in found):
+        pytest.skip("the chart does not state rayVersion yet")
+    assert set(found.values()) == {ray_pin()}, found

@@ -1,0 +1,239 @@
+"""The web UI in a real browser, against the real service with the embedded model.
+
+One local Ray Serve for the module runs the API at /serve and the UI as a second Serve application at
+/ui, exactly as the chart's ``ui.enabled`` deploys it, plus a second UI at /ui-down whose API is a
+closed port. Debian's chromium (headless, driven by Playwright; never a downloaded browser) opens the
+pages. Screenshots go to ``<repo>/artifacts/`` (git-ignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from app.ui_client import GenerationRequest, fetch_info, generate
+from tests.support.serve_cluster import REPO_ROOT, fast_embedded_args, free_port, local_serve
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = REPO_ROOT / "artifacts"
+MAX_PROMPT_CHARS = 200  # small, so the over-limit case is quick to type
+UI_TIMEOUT_MS = 60_000  # generous: two cores are shared with other test runs
+
+pytestmark = pytest.mark.ray
+needs_chromium = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (ci/test.sh installs Debian's chromium)"
+)
+
+IMAGE_DECODED = """() => {
+  const img = document.querySelector('#result-image img');
+  return img !== null && img.complete && img.naturalWidth > 0;
+}"""
+
+
+@pytest.fixture(scope="module")
+def service():
+    down_url = f"http://127.0.0.1:{free_port()}/serve"  # nothing listens there
+    ui_apps = [
+        {"name": "ui", "route_prefix": "/ui", "import_path": "app.ui:build_ui_app", "args": {"api_url": "{root}/serve"}},
+        {
+            "name": "ui-down",
+            "route_prefix": "/ui-down",
+            "import_path": "app.ui:build_ui_app",
+            "args": {"api_url": down_url, "request_timeout_s": 10},
+        },
+    ]
+    with local_serve(fast_embedded_args(max_prompt_chars=MAX_PROMPT_CHARS), extra_apps=ui_apps) as url:
+        url.down_url = down_url
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, service):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.failed = []  # (status, url) of every failed request the page made
+    page.requested = []
+    page.on("request", lambda r: page.requested.append(r.url))
+    page.on("response", lambda r: r.status >= 400 and page.failed.append((r.status, r.url)))
+    # ERR_ABORTED is Gradio closing its own event stream once a job is done, not a failure.
+    page.on("requestfailed", lambda r: r.failure != "net::ERR_ABORTED" and page.failed.append((r.failure, r.url)))
+    yield page
+    context.close()
+
+
+def _screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    print(f"\nUI screenshot: {path}")
+    return path
+
+
+def _open(page, url: str) -> None:
+    page.goto(url)
+    # The page's load event has made its round trip to the server (so the buttons are wired) once the
+    # service line no longer says "connecting".
+    page.wait_for_function(
+        "() => { const el = document.querySelector('#service-info');"
+        " return el && el.innerText.includes('Service:') && !el.innerText.includes('connecting'); }",
+        timeout=UI_TIMEOUT_MS,
+    )
+
+
+def _value(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
+
+
+def _generate(page, prompt: str) -> None:
+    page.fill("#prompt textarea", prompt)
+    page.click("#generate")
+
+
+def _wait_for_result(page) -> tuple[int, str]:
+    """Wait for a decoded image and a shown seed; return (seed, image URL)."""
+    page.wait_for_function(IMAGE_DECODED, timeout=UI_TIMEOUT_MS)
+    page.wait_for_function("() => /^[0-9]+$/.test((document.querySelector('#seed-used textarea, #seed-used input') || {}).value || '')",
+                           timeout=UI_TIMEOUT_MS)
+    return int(_value(page, "seed-used")), page.locator("#result-image img").get_attribute("src")
+
+
+# ---------------------------------------------------------------------------------------------
+# The client against the real service (no browser needed)
+
+
+def test_client_reads_sizes_limits_and_defaults_from_the_real_info(service):
+    info = fetch_info(service)
+    assert info.image_sizes == ("128x128", "64x64")
+    assert (info.default_steps, info.max_steps, info.max_prompt_chars) == (4, 50, MAX_PROMPT_CHARS)
+    assert info.model_id == "embedded" and info.backend == "cpu"
+
+
+def test_the_same_seed_gives_the_same_image_and_another_seed_does_not(service):
+    request = GenerationRequest(prompt="a lighthouse at dusk", seed=31337, steps=3, size="64x64", output_format="png")
+    first, again = generate(service, request), generate(service, request)
+    other = generate(service, GenerationRequest(**{**request.__dict__, "seed": 31338}))
+    assert first.seed == again.seed == 31337 and first.size == "64x64"
+    assert first.image == again.image
+    assert other.image != first.image
+
+
+def test_behind_an_ingress_the_page_links_to_its_public_prefixed_url(service):
+    # nginx-ingress passes /ui/... unchanged and adds X-Forwarded-*: Gradio must build asset and API
+    # URLs from the public host and the /ui prefix, or the page loads blank behind the Ingress.
+    import httpx
+
+    headers = {"X-Forwarded-Host": "sdxl.example.com", "X-Forwarded-Proto": "https"}
+    config = httpx.get(f"{service.root}/ui/config", headers=headers, timeout=30).json()
+    assert config["root"] == "https://sdxl.example.com/ui"
+    page = httpx.get(f"{service.root}/ui/", headers=headers, timeout=30)
+    assert page.status_code == 200 and "https://sdxl.example.com/ui" in page.text
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+
+@needs_chromium
+def test_page_generates_an_image_and_shows_the_seed_and_time(page, service):
+    _open(page, f"{service.root}/ui/")
+    # The controls follow /info once the page has loaded.
+    assert "embedded" in page.inner_text("#service-info")
+    assert page.locator("#size input").first.input_value() == "128x128"
+    _generate(page, "an astronaut is dancing on green grass, sunlit")
+    seed, src = _wait_for_result(page)
+
+    assert 0 <= seed <= 2**32 - 1
+    # 128x128 is the first configured size, so the default.
+    assert page.evaluate("() => document.querySelector('#result-image img').naturalWidth") == 128
+    assert re.fullmatch(r"[0-9]+\.[0-9]{2} s", _value(page, "generation-time"))
+    assert f"seed {seed}" in page.inner_text("#status")
+    # Under the /ui route prefix every asset and API call of the page must resolve (Gradio's root_path).
+    assert "/ui/" in src
+    assert page.failed == []
+    # Nothing is fetched from anywhere but the service (no CDN, fonts or analytics): air-gapped clusters work.
+    hosts = {urlsplit(url).netloc for url in page.requested if not url.startswith(("data:", "blob:"))}
+    assert hosts == {urlsplit(service.root).netloc}
+    _screenshot(page, "ui-generate.png")
+
+
+@needs_chromium
+def test_reproduce_repeats_the_last_image_byte_for_byte_even_after_an_error(page, service):
+    _open(page, f"{service.root}/ui/")
+    _generate(page, "a red fox in the snow")
+    seed, first_src = _wait_for_result(page)
+    first_bytes = page.request.get(first_src).body()
+    # A failed attempt in between clears the image but not what "Reproduce" repeats.
+    _generate(page, "x" * (MAX_PROMPT_CHARS + 1))
+    page.wait_for_selector("#status .ui-error", timeout=UI_TIMEOUT_MS)
+    assert page.locator("#result-image img").count() == 0
+
+    page.click("#reproduce")
+    page.wait_for_function(
+        "(old) => { const img = document.querySelector('#result-image img');"
+        " return img && img.getAttribute('src') !== old && img.complete && img.naturalWidth > 0; }",
+        arg=first_src,
+        timeout=UI_TIMEOUT_MS,
+    )
+    again_seed, again_src = _wait_for_result(page)
+
+    assert again_seed == seed
+    assert page.request.get(again_src).body() == first_bytes
+    # The seed controls now show the pinned seed, so the user sees what was repeated.
+    assert _value(page, "seed") == str(seed)
+    assert not page.locator("#random-seed input").is_checked()
+
+
+@needs_chromium
+def test_a_prompt_over_the_limit_shows_the_api_message_and_no_image(page, service):
+    _open(page, f"{service.root}/ui/")
+    _generate(page, "x" * (MAX_PROMPT_CHARS + 1))
+    page.wait_for_selector("#status .ui-error", timeout=UI_TIMEOUT_MS)
+
+    message = page.inner_text("#status")
+    assert "HTTP 400" in message
+    assert f"at most {MAX_PROMPT_CHARS} characters" in message
+    assert page.locator("#result-image img").count() == 0
+    assert _value(page, "seed-used") == ""
+    _screenshot(page, "ui-error.png")
+
+
+@needs_chromium
+def test_an_unreachable_api_is_reported_on_load_and_on_generate(page, service):
+    _open(page, f"{service.root}/ui-down/")
+    page.wait_for_selector("#status .ui-error", timeout=UI_TIMEOUT_MS)
+    on_load = page.inner_text("#status")
+    assert "settings" in on_load and "unreachable" in on_load
+
+    _generate(page, "a quiet harbour")
+    # The generation error replaces the load error (it does not mention the settings).
+    page.wait_for_function(
+        "() => { const t = document.querySelector('#status').innerText;"
+        " return t.includes('unreachable') && !t.includes('settings'); }",
+        timeout=UI_TIMEOUT_MS,
+    )
+    assert service.down_url in page.inner_text("#status")
+    assert page.locator("#result-image img").count() == 0
+    _screenshot(page, "ui-unreachable.png")
