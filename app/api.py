@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from app.config import AppArgs, parse_size
@@ -245,11 +245,6 @@ class GenerationRequest:
 
     jobs: tuple[ImageJob, ...]
     output_format: str
-    extras: dict = field(default_factory=dict)
-
-    @property
-    def seed(self) -> int:
-        return self.jobs[0].seed
 
 
 def _collect(
@@ -328,10 +323,7 @@ def parse_openai_body(body: Any, args: AppArgs) -> GenerationRequest:
             raise invalid(key, f"'{key}' must be a string", "invalid_type")
     parsed = _collect(body, OPENAI_FIELDS, args, from_query=False)
     width, height = parse_size(parsed["size"])
-    request = GenerationRequest(
-        jobs=_jobs(parsed, width, height, count=parsed["n"]), output_format=parsed["output_format"]
-    )
-    return request
+    return GenerationRequest(jobs=_jobs(parsed, width, height, count=parsed["n"]), output_format=parsed["output_format"])
 
 
 def describe_fields(args: AppArgs) -> dict:

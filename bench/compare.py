@@ -391,7 +391,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Replica memory (RSS, MiB, after the run)",
         "",
-        "| deployment | RSS per replica |",
+        "| application:deployment | RSS per replica |",
         "|---|---|",
     ]
     for deployment, values in report["replica_rss_mib"].items():

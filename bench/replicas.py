@@ -40,7 +40,7 @@ def replica_processes(deployment: str | None = None, app: str | None = None) -> 
 
 
 def replica_rss_mib(deployment: str | None = None, app: str | None = None) -> dict[str, list[float]]:
-    """RSS of each live replica, by deployment name, in MiB."""
+    """RSS of each live replica in MiB, keyed ``"<app>:<deployment>"``."""
     result: dict[str, list[float]] = {}
     for proc in replica_processes(deployment, app):
         try:
@@ -48,5 +48,6 @@ def replica_rss_mib(deployment: str | None = None, app: str | None = None) -> di
             rss = proc.memory_info().rss / 2**20
         except psutil.Error:
             continue
-        result.setdefault(title.split(":")[-1].split(".")[0], []).append(round(rss, 1))
+        key = title[len("ray::ServeReplica:"):].split(".")[0]
+        result.setdefault(key, []).append(round(rss, 1))
     return dict(sorted(result.items()))

@@ -235,7 +235,7 @@ seccompProfile:
 
 {{/* Environment of every Ray container. */}}
 {{- define "sdxl.env" -}}
-{{- /* Writable places under the read-only root: /cache (emptyDir) for caches and generated models. */}}
+{{- /* Writable places under the read-only root: /cache (emptyDir) for caches and generated models. */ -}}
 - name: XDG_CACHE_HOME
   value: /cache
 - name: SDXL_EMBEDDED_MODEL_DIR

@@ -23,7 +23,7 @@ def test_defaults_fill_absent_fields():
 
 
 def test_absent_seeds_are_random():
-    seeds = {parse_imagine_query([("prompt", "a cat")], ARGS).seed for _ in range(20)}
+    seeds = {parse_imagine_query([("prompt", "a cat")], ARGS).jobs[0].seed for _ in range(20)}
     assert len(seeds) > 1
 
 

@@ -171,6 +171,7 @@ def test_only_requests_caught_in_the_fault_fail(fault_run):
     # Requests running on the killed replica may fail (their process is gone); every failure must be
     # one that was in flight at the kill or sent before Serve noticed, never a later one.
     kill_at, replaced_at = fault_run["kill_at"], fault_run["replaced_at"]
+    assert replaced_at is not None, "no replacement replica within 60 s"
     failures = [s for s in fault_run["run"].samples if s.status not in (200, 503)]
     late = [s for s in failures if s.started > replaced_at]
     assert not late, f"{len(late)} requests sent after the replacement failed: {late[0].status} {late[0].error}"
@@ -178,10 +179,12 @@ def test_only_requests_caught_in_the_fault_fail(fault_run):
 
 
 def test_requests_after_recovery_all_succeed(fault_run):
+    assert fault_run["replaced_at"] is not None, "no replacement replica within 60 s"
     settled = [s for s in fault_run["run"].samples if s.started > fault_run["replaced_at"] + 1.0]
     assert settled, "no load ran after the replacement"
-    assert {s.status for s in settled} <= {200, 503}
-    assert sum(s.status == 200 for s in settled) >= len(settled) // 2
+    # 12 clients fit in two replicas' 4 in flight + 64 queued: nothing should be refused either.
+    failed = [(s.status, s.error[:120]) for s in settled if s.status != 200]
+    assert not failed, f"{len(failed)} of {len(settled)} requests after recovery failed: {failed[:3]}"
 
 
 def test_health_route_answers_quickly_and_truthfully_throughout(fault_run):
@@ -194,4 +197,5 @@ def test_health_route_answers_quickly_and_truthfully_throughout(fault_run):
     # process may fail, but every 200 must carry status "ok" and every answer must be a decision.
     assert all(h.status in (200, 500, 502, 503) for h in during), {h.status for h in during}
     assert all(h.body and h.body.get("status") == "ok" for h in during if h.status == 200)
+    assert fault_run["replaced_at"] is not None, "no replacement replica within 60 s"
     assert all(h.status == 200 for h in health if h.at > fault_run["replaced_at"] + 1.0)

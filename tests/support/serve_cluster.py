@@ -3,7 +3,7 @@
 Public API (kept small; the UI, chart and reliability tests import it):
 
 ``local_serve(app_args, *, deployment_options=None, neuron_cores=0, num_cpus=2, extra_apps=(), env=None)``
-    Context manager. Starts Ray (no dashboard, loopback only) and Serve's HTTP proxy on a free port,
+    Context manager. Starts Ray (no dashboard) and Serve's HTTP proxy on 127.0.0.1 at a free port,
     deploys ``app.main:build_app`` with ``app_args`` at route prefix ``/serve`` the way a RayService
     does (a serveConfigV2-shaped config: the controller imports the builder and validates the args),
     waits until ``GET /serve/healthz`` answers 200, and yields the API's base URL as a
@@ -38,7 +38,6 @@ Public API (kept small; the UI, chart and reliability tests import it):
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import time
 import urllib.error
