@@ -1,7 +1,7 @@
 """Seed design vs our app, side by side on one machine, in one Ray session.
 
-    .venv/bin/python bench/compare.py            # full run (~6-8 min on 2 cores)
-    .venv/bin/python bench/compare.py --quick    # ~2-3 min, fewer requests
+    .venv/bin/python bench/compare.py            # full run (~4-8 min on 2 cores)
+    .venv/bin/python bench/compare.py --quick    # ~1-2 min, fewer requests
 
 Both designs run in the same Ray session with the same model (the app's ``model_id``, ``embedded``
 in the chart's local scenario), the same steps, guidance, size and prompt sequence, and the same
@@ -433,7 +433,7 @@ def plot(report: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer requests per level (~2-3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="fewer requests per level (~1-2 minutes)")
     parser.add_argument("--values", help="chart values file of the local scenario (default: first of %s)" % ", ".join(LOCAL_SCENARIO_FILES))
     parser.add_argument("--levels", default="1,4,16", help="concurrency levels (default 1,4,16)")
     parser.add_argument("--rounds", type=int, help="repeat the whole ladder N times (default 1 quick, 3 full)")

@@ -12,7 +12,7 @@ import asyncio
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import httpx
@@ -38,9 +38,6 @@ class RunResult:
     concurrency: int
     samples: list[Sample] = field(default_factory=list)
     wall_s: float = 0.0
-
-    def to_json(self) -> dict:
-        return {"concurrency": self.concurrency, "wall_s": self.wall_s, **summarise(self)}
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -145,7 +142,3 @@ async def run_closed_loop(
 
 def run_sync(make_request: RequestFactory, **kwargs) -> RunResult:
     return asyncio.run(run_closed_loop(make_request, **kwargs))
-
-
-def sample_dicts(run: RunResult) -> list[dict]:
-    return [asdict(s) | {"latency": s.latency} for s in run.samples]

@@ -9,10 +9,13 @@ memory does not creep while it serves.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import time
 
+import httpx
 import pytest
+from PIL import Image
 
 from bench import loadgen
 from bench.replicas import replica_processes
@@ -103,10 +106,6 @@ def test_no_client_waits_past_the_configured_request_timeout(load_run):
 
 def test_successful_answers_under_load_are_complete_images(api):
     # Spot-check bodies after the storm: the replica still produces whole, decodable images.
-    import httpx
-    from PIL import Image
-    import io
-
     with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
         response = client.get(f"{api}/imagine", params={"prompt": "after the storm", "seed": 7})
         assert response.status_code == 200
@@ -126,8 +125,6 @@ def test_replica_memory_grows_less_than_ten_percent_from_warm_up_to_end(load_run
 
 
 def test_service_is_healthy_after_the_load(api):
-    import httpx
-
     started = time.monotonic()
     response = httpx.get(f"{api}/healthz", timeout=5)
     assert response.status_code == 200
