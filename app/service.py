@@ -295,6 +295,9 @@ class SDXLService:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as error:
             raise ApiError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
+        except RecursionError:
+            # Deeply nested arrays/objects exhaust the parser's stack: still the client's malformed input.
+            raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
 
     # ---------------------------------------------------------------------------------------------
     # Generation
