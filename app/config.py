@@ -182,8 +182,11 @@ def parse_app_args(raw: dict | None) -> AppArgs:
     try:
         return AppArgs.model_validate(raw or {})
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            field = ".".join(str(part) for part in item["loc"]) or "args"
-            problems.append(f"{field}: {item['msg']}")
-        raise InvalidAppArgs("invalid SDXL application args: " + "; ".join(problems)) from None
+        raise InvalidAppArgs("invalid SDXL application args: " + describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """One line naming every offending field and its rule (shared by the API and UI builders)."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or 'args'}: {item['msg']}" for item in error.errors()
+    )

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.config import AppArgs, parse_size
+from app.config import AppArgs, describe_validation_error, parse_size
 
 ErrorKind = Literal["invalid_request", "unauthorized", "busy", "timeout", "unreachable", "server_error", "bad_response"]
 
@@ -80,11 +80,7 @@ def parse_ui_args(raw: dict | None) -> UIArgs:
     try:
         return UIArgs.model_validate(raw or {})
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            where = ".".join(str(part) for part in item["loc"]) or "args"
-            problems.append(f"{where}: {item['msg']}")
-        raise InvalidUIArgs("invalid UI application args: " + "; ".join(problems)) from None
+        raise InvalidUIArgs("invalid UI application args: " + describe_validation_error(error)) from None
 
 
 def api_key_from_env(args: UIArgs) -> str | None:

@@ -65,7 +65,7 @@ def test_any_json_object_is_either_a_valid_request_or_a_400(body):
     except ApiError as error:
         assert error.status == 400 and error.message
     else:
-        assert 1 <= len(request.jobs) <= 3
+        assert 0 < len(request.jobs) <= ARGS.max_images_per_request
         assert all(1 <= job.steps <= 20 and (job.width, job.height) in ARGS.sizes for job in request.jobs)
 
 
