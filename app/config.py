@@ -92,7 +92,10 @@ class AppArgs(BaseModel):
         default=0.05,
         ge=0.0,
         le=2.0,
-        description="How long a replica waits for compatible requests to fill a batch.",
+        description=(
+            "How long a batch waits for compatible requests while the pipeline is busy; a request that "
+            "finds the replica idle starts at once."
+        ),
     )
     neuron_cores_per_replica: int = Field(
         default=2,

@@ -66,6 +66,8 @@ PROTECTED_ROUTES = frozenset({"/imagine", "/v1/images/generations"})
 class GeneratedImage:
     image: Any  # PIL.Image.Image
     generation_ms: int
+    #: Requested images the pipeline call made together with this one (itself included; padding not).
+    batch_images: int
 
 
 def route_path(scope: dict) -> str:
@@ -114,6 +116,8 @@ class SDXLService:
         self._pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-pipeline")
         self._encoder_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sdxl-encode")
         self._failures_in_a_row = 0
+        #: Images queued for or inside the pipeline; 0 means a new image would find the pipeline idle.
+        self._images_in_flight = 0
         self.backend = None
 
         from app.backends import load_backend
@@ -124,7 +128,6 @@ class SDXLService:
         # Gather at most one pipeline call's worth of images per batch: a larger gather would make the
         # first compatible group wait for every other group in the same batch.
         self._generate_batch.set_max_batch_size(backend.batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         if self.args.warmup:
             self.warmup_s = self._warm_up(backend)
         else:
@@ -250,6 +253,7 @@ class SDXLService:
             headers={
                 "X-Seed": str(job.seed),
                 "X-Generation-Time-Ms": str(result.generation_ms),
+                "X-Batch-Size": str(result.batch_images),
                 "X-Steps": str(job.steps),
                 "X-Guidance-Scale": f"{job.guidance_scale:g}",
                 "X-Image-Size": f"{job.width}x{job.height}",
@@ -303,8 +307,19 @@ class SDXLService:
     # Generation
 
     async def _render(self, parsed: GenerationRequest) -> list[GeneratedImage]:
-        # One queue entry per image, so a request for n images shares batches with other requests.
-        outcomes = await asyncio.gather(*(self._generate_batch(job) for job in parsed.jobs))
+        # Wait for batch partners only while the pipeline is busy anyway. An idle replica starts at
+        # once: waiting batch_wait_timeout_s for partners that may never come would add that much to
+        # every request of a lightly loaded service, and under load the queue fills batches by itself.
+        # serve.batch reads the timeout when a batch's first image reaches its queue; requests that
+        # arrive together at an idle replica may still share a batch (the later ones see it busy).
+        idle = self._images_in_flight == 0
+        self._generate_batch.set_batch_wait_timeout_s(0.0 if idle else self.args.batch_wait_timeout_s)
+        self._images_in_flight += len(parsed.jobs)
+        try:
+            # One queue entry per image, so a request for n images shares batches with other requests.
+            outcomes = await asyncio.gather(*(self._generate_batch(job) for job in parsed.jobs))
+        finally:
+            self._images_in_flight -= len(parsed.jobs)
         for outcome in outcomes:
             if isinstance(outcome, Exception):
                 raise ApiError(500, f"image generation failed: {type(outcome).__name__}: {outcome}",
@@ -328,7 +343,7 @@ class SDXLService:
             self._failures_in_a_row = 0
             elapsed_ms = round((time.perf_counter() - started) * 1000)
             for position, image in zip(call.positions, images):
-                outcomes[position] = GeneratedImage(image, elapsed_ms)
+                outcomes[position] = GeneratedImage(image, elapsed_ms, len(call.positions))
         return outcomes
 
     async def _encode(self, image, output_format: str) -> bytes:

@@ -17,6 +17,7 @@ Writes ``bench/results/compare-<UTC time>.{json,md,png}`` and ``latest.*`` copie
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -552,17 +553,10 @@ def main(argv: list[str] | None = None) -> int:
                     # Concurrency 1 is measured request by request in rotation (seed, ours, nowait, bare,
                     # seed, ...): one request in flight at a time, and every design sees the same
                     # background load, which on a shared machine drifts faster than a block of runs.
-                    for design in order:
-                        factory = make_requests(base, routes[design], design_headers[design])
-                        loadgen.run_sync(factory, concurrency=1, total_requests=2, timeout_s=300)  # warm-up
-                    runs = {design: loadgen.RunResult(1) for design in order}
-                    for index in range(count):
-                        for design in order:
-                            run = loadgen.run_sync(lambda _i, d=design, n=index: make_requests(base, routes[d], design_headers[d])(n),
-                                                   concurrency=1, total_requests=1, timeout_s=300)
-                            runs[design].samples.extend(run.samples)
-                            runs[design].wall_s += sum(sample.latency for sample in run.samples)
-                        bare_runs.extend(bare.time_single(1))
+                    factories = {design: make_requests(base, routes[design], design_headers[design]) for design in order}
+                    asyncio.run(loadgen.run_in_rotation(factories, rounds=2, timeout_s=300))  # warm-up
+                    runs = asyncio.run(loadgen.run_in_rotation(
+                        factories, rounds=count, timeout_s=300, between=lambda: bare_runs.extend(bare.time_single(1))))
                 else:
                     runs = {}
                     for design in order:

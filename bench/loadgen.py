@@ -142,3 +142,28 @@ async def run_closed_loop(
 
 def run_sync(make_request: RequestFactory, **kwargs) -> RunResult:
     return asyncio.run(run_closed_loop(make_request, **kwargs))
+
+
+async def run_in_rotation(
+    factories: dict[str, RequestFactory], *, rounds: int, timeout_s: float = 120.0, between: Callable[[], None] | None = None
+) -> dict[str, RunResult]:
+    """One request at a time, to each target in turn (``rounds`` times); ``between`` runs after each round.
+
+    Each target keeps one kept-alive connection, as a real client does, so that neither pays for
+    connecting (or this process for building a client) inside its latency.
+    """
+    results = {name: RunResult(concurrency=1) for name in factories}
+    clients = {name: httpx.AsyncClient(timeout=httpx.Timeout(timeout_s)) for name in factories}
+    try:
+        for index in range(rounds):
+            for name, factory in factories.items():
+                method, url, kwargs = factory(index)
+                sample = await _one(clients[name], method, url, kwargs)
+                results[name].samples.append(sample)
+                results[name].wall_s += sample.latency
+            if between is not None:
+                between()
+    finally:
+        for client in clients.values():
+            await client.aclose()
+    return results

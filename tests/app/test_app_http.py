@@ -1,8 +1,9 @@
 """The API over HTTP against a real local Ray Serve running the embedded model (one Ray for the module).
 
-Two copies of the application run side by side, deployed from serveConfigV2-shaped configs as the
-chart does: ``/serve`` (the API under test) and ``/guarded`` (an API key required, two requests in the
-replica and a queue of one, for authentication, overload and event-loop behaviour).
+Three copies of the application run side by side, deployed from serveConfigV2-shaped configs as the
+chart does: ``/serve`` (the API under test), ``/guarded`` (an API key required, two requests in the
+replica and a queue of one, for authentication, overload and event-loop behaviour) and ``/patient``
+(the longest batch wait the args allow, for when batching waits and when it must not).
 """
 
 from __future__ import annotations
@@ -32,12 +33,18 @@ API_ARGS = fast_embedded_args(max_prompt_chars=MAX_PROMPT_CHARS, max_body_bytes=
 GUARDED_ARGS = fast_embedded_args(api_key_env="SDXL_TEST_API_KEY", max_steps=400, batch_size=1, warmup=False)
 # A replica that works on one request while holding one more; Serve's proxy queues one more.
 GUARDED_OPTIONS = {"max_ongoing_requests": 2, "max_queued_requests": 1, **SMALL_REPLICA}
+PATIENT_WAIT_S = 2.0  # AppArgs' largest batch_wait_timeout_s
+PATIENT_ARGS = fast_embedded_args(batch_size=4, batch_wait_timeout_s=PATIENT_WAIT_S, warmup=False)
+PATIENT_OPTIONS = {"max_ongoing_requests": 8, **SMALL_REPLICA}
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    extra_apps = [api_application(GUARDED_ARGS, GUARDED_OPTIONS, name="guarded", route_prefix="/guarded")]
+    extra_apps = [
+        api_application(GUARDED_ARGS, GUARDED_OPTIONS, name="guarded", route_prefix="/guarded"),
+        api_application(PATIENT_ARGS, PATIENT_OPTIONS, name="patient", route_prefix="/patient"),
+    ]
     with local_serve(API_ARGS, extra_apps=extra_apps, num_cpus=2, env={"SDXL_TEST_API_KEY": API_KEY}) as url:
         yield url
 
@@ -153,6 +160,28 @@ def test_a_batched_image_matches_the_same_seed_rendered_alone(client):
             lambda seed: client.get("/imagine", params={"prompt": "a fox", "seed": seed}), [75, 76, 77, 78]))
     assert all(r.status_code == 200 for r in together)
     assert np.abs(pixels(together[2].content) - alone).max() <= 2
+
+
+def test_a_request_to_an_idle_replica_does_not_wait_for_batch_partners(root):
+    root.get("/patient/imagine", params={"prompt": "first call", "seed": 1})  # the replica's first call is slower
+    started = time.monotonic()
+    response = root.get("/patient/imagine", params={"prompt": "alone", "seed": 2})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Batch-Size"] == "1"
+    # Waiting for partners would have added the whole batch_wait_timeout_s to this one request.
+    assert elapsed < PATIENT_WAIT_S / 2, f"a lone request took {elapsed:.2f}s"
+
+
+def test_requests_arriving_while_the_pipeline_is_busy_share_a_pipeline_call(root):
+    seeds = list(range(40, 48))
+    with ThreadPoolExecutor(len(seeds)) as pool:
+        responses = list(pool.map(
+            lambda seed: root.get("/patient/imagine", params={"prompt": "a crowd", "seed": seed}), seeds))
+    assert [r.status_code for r in responses] == [200] * len(seeds)
+    batch_sizes = [int(r.headers["X-Batch-Size"]) for r in responses]
+    assert max(batch_sizes) > 1 and max(batch_sizes) <= PATIENT_ARGS["batch_size"], batch_sizes
+    assert [int(r.headers["X-Seed"]) for r in responses] == seeds
 
 
 def test_openai_route_returns_n_images_with_consecutive_seeds(client):
@@ -380,6 +409,7 @@ def test_invalid_app_args_fail_the_deploy_with_a_message_naming_the_field(cluste
     keep = [
         api_application(API_ARGS),
         api_application(GUARDED_ARGS, GUARDED_OPTIONS, name="guarded", route_prefix="/guarded"),
+        api_application(PATIENT_ARGS, PATIENT_OPTIONS, name="patient", route_prefix="/patient"),
     ]
     bad = api_application(fast_embedded_args(max_steps=2, default_steps=4, backend="tpu"), name="bad",
                           route_prefix="/bad")

@@ -123,5 +123,12 @@ def test_values_yaml_points_editors_at_the_schema():
     assert VALUES_FILE.read_text().splitlines()[0] == "# yaml-language-server: $schema=values.schema.json"
 
 
+def write_values_table() -> None:
+    text = README.read_text()
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    README.write_text(text[:start] + "\n" + values_table() + "\n" + text[end:])
+
+
 if __name__ == "__main__":
-    print(values_table())
+    write_values_table()
+    print(f"rewrote the values table in {README.relative_to(REPO_ROOT)}")
