@@ -10,6 +10,7 @@ Pure Python: no torch, no Ray; unit-testable without a cluster.
 from __future__ import annotations
 
 import math
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -72,6 +73,32 @@ def invalid(param: str | None, message: str, code: str = "invalid_value") -> Api
     return ApiError(400, message, param=param, code=code)
 
 
+#: Longest client-supplied name or value quoted back in an error message.
+_QUOTE_LIMIT = 64
+
+
+def quoted(text: str) -> str:
+    """``text`` as an error message quotes it: repr-escaped (control characters, lone surrogates) and cut short."""
+    shown = repr(text[:_QUOTE_LIMIT])
+    return shown if len(text) <= _QUOTE_LIMIT else f"{shown}... ({len(text)} characters)"
+
+
+def shown_number(value: int | float) -> str:
+    """A number as error messages show it: integers exactly (abridged past 24 digits), floats with %g."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    digits = str(value)
+    return digits if len(digits) <= 24 else f"{digits[:12]}... ({len(digits.lstrip('-'))} digits)"
+
+
+# Plain ASCII decimal notation only: int()/float() would also take "1_000" and "١٢" (Arabic-Indic
+# digits), which no client means as a number. nan/inf parse, to be refused as not finite.
+_QUERY_INT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_QUERY_FLOAT = re.compile(
+    r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?|nan|inf|infinity)", re.ASCII | re.IGNORECASE
+)
+
+
 # --------------------------------------------------------------------------------------------------
 # The field table
 
@@ -111,18 +138,31 @@ class RequestField:
         if self.kind is str:
             if not isinstance(raw, str):
                 raise invalid(self.name, f"'{self.name}' must be a string", "invalid_type")
+            try:
+                raw.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate, which JSON's \\uD800 escapes can produce
+                raise invalid(self.name, f"'{self.name}' must be valid Unicode text (it has a lone surrogate)",
+                              "invalid_value") from None
             return raw
         if from_query:
+            text = raw.strip()
+            pattern = _QUERY_INT if self.kind is int else _QUERY_FLOAT
+            if not pattern.fullmatch(text):
+                raise invalid(self.name, f"'{self.name}' must be {_article(self.kind)}, got {quoted(raw)}", "invalid_type")
             try:
-                value = int(raw.strip()) if self.kind is int else float(raw.strip())
-            except ValueError:
-                raise invalid(self.name, f"'{self.name}' must be {_article(self.kind)}, got {raw!r}", "invalid_type")
+                value = int(text) if self.kind is int else float(text)
+            except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+                raise invalid(self.name, f"'{self.name}' has too many digits ({len(text)})", "out_of_range") from None
         else:
             # bool is an int in Python but never a number in a request.
             numeric = (int,) if self.kind is int else (int, float)
             if isinstance(raw, bool) or not isinstance(raw, numeric):
                 raise invalid(self.name, f"'{self.name}' must be {_article(self.kind)}", "invalid_type")
-            value = raw if self.kind is int else float(raw)
+            try:
+                value = raw if self.kind is int else float(raw)
+            except OverflowError:  # an integer too large for a float
+                raise invalid(self.name, f"'{self.name}' must be a finite number, got {shown_number(raw)}",
+                              "out_of_range") from None
         if self.kind is float and not math.isfinite(value):
             raise invalid(self.name, f"'{self.name}' must be a finite number", "invalid_value")
         return value
@@ -141,13 +181,15 @@ class RequestField:
                     raise invalid(self.name, f"'{self.name}' {rule}", code)
             elif not low <= value <= high:
                 raise invalid(
-                    self.name, f"'{self.name}' must be between {low:g} and {high:g}, got {value:g}", "out_of_range"
+                    self.name,
+                    f"'{self.name}' must be between {shown_number(low)} and {shown_number(high)}, got {shown_number(value)}",
+                    "out_of_range",
                 )
         if self.choices:
             allowed = self.choices(args)
             if value not in allowed:
                 raise invalid(
-                    self.name, f"'{self.name}' must be one of {', '.join(allowed)}; got {value!r}", "unsupported_value"
+                    self.name, f"'{self.name}' must be one of {', '.join(allowed)}; got {quoted(value)}", "unsupported_value"
                 )
         return value
 
@@ -291,7 +333,8 @@ def parse_imagine_query(query: list[tuple[str, str]], args: AppArgs) -> Generati
     values: dict[str, str] = {}
     for key, value in query:
         if key not in IMAGINE_FIELDS:
-            raise invalid(key, f"unknown query parameter '{key}'; accepted: {', '.join(IMAGINE_FIELDS)}", "unknown_parameter")
+            raise invalid(key[:_QUOTE_LIMIT], f"unknown query parameter {quoted(key)}; accepted: {', '.join(IMAGINE_FIELDS)}",
+                          "unknown_parameter")
         if key in values:
             raise invalid(key, f"query parameter '{key}' is given more than once", "duplicate_parameter")
         values[key] = value
@@ -314,8 +357,8 @@ def parse_openai_body(body: Any, args: AppArgs) -> GenerationRequest:
     for key in body:
         if key not in OPENAI_FIELDS and key not in IGNORED_OPENAI_FIELDS:
             raise invalid(
-                key,
-                f"'{key}' is not supported by this service; supported fields: {', '.join(OPENAI_FIELDS)}",
+                key[:_QUOTE_LIMIT],
+                f"{quoted(key)} is not supported by this service; supported fields: {', '.join(OPENAI_FIELDS)}",
                 "unsupported_parameter",
             )
     for key in IGNORED_OPENAI_FIELDS & body.keys():

@@ -147,7 +147,9 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _stop)
     # Replica logs stay in Ray's session directory (/tmp/ray/session_latest/logs/serve/); a failed
     # deploy still raises here with its reason.
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    # address="local": always a private Ray, never one that RAY_ADDRESS or `ray start` left on this machine
+    # (Ctrl-C shuts Serve down, which must not touch anybody else's applications).
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         serve.start(http_options={"host": cli.host, "port": cli.port})
         base = f"http://{'127.0.0.1' if cli.host in ('0.0.0.0', '::') else cli.host}:{cli.port}"

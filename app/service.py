@@ -55,7 +55,7 @@ UNHEALTHY_AFTER_FAILURES = 3
 ROUTES: dict[str, tuple[str, ...]] = {
     "/imagine": ("GET",),
     "/v1/images/generations": ("POST",),
-    "/healthz": ("GET",),
+    "/healthz": ("GET", "HEAD"),  # HEAD: probes and load balancers that only look at the status
     "/info": ("GET",),
 }
 #: Routes that need the API key when one is configured.
@@ -79,8 +79,16 @@ def route_path(scope: dict) -> str:
     return path.rstrip("/") or "/"
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with every non-ASCII character escaped: an error may quote client text that is not valid
+    UTF-8 on its own (a lone surrogate from a JSON escape), which must still come back as a 4xx."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
 def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    return AsciiJSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def read_api_key(args: AppArgs) -> str | None:
@@ -106,6 +114,9 @@ def read_api_key(args: AppArgs) -> str | None:
     health_check_period_s=10,
     health_check_timeout_s=30,
     graceful_shutdown_timeout_s=60,
+    # Serve's default retries a failing constructor 20 times: with a Neuron model that is 20 loads of
+    # minutes each before a mismatch (say, a batch size the model was not compiled for) fails the deploy.
+    max_constructor_retry_count=3,
 )
 class SDXLService:
     def __init__(self, raw_args: dict):
@@ -185,7 +196,8 @@ class SDXLService:
                 code="method_not_allowed", headers={"Allow": ", ".join(methods)},
             )
         if path == "/healthz":
-            return self._healthz()
+            health = self._healthz()
+            return Response(status_code=health.status_code) if request.method == "HEAD" else health
         if path == "/info":
             return JSONResponse(self.info())
         self._authorize(request)
@@ -264,14 +276,11 @@ class SDXLService:
     async def _images_generations(self, request: Request) -> Response:
         parsed = parse_openai_body(await self._read_json(request), self.args)
         results = await self._render(parsed)
-        encoded = await asyncio.gather(*(self._encode(r.image, parsed.output_format) for r in results))
+        encoded = await asyncio.gather(*(self._encode(r.image, parsed.output_format, as_base64=True) for r in results))
         job = parsed.jobs[0]
         return JSONResponse({
             "created": int(time.time()),
-            "data": [
-                {"b64_json": base64.b64encode(data).decode("ascii"), "seed": image_job.seed}
-                for data, image_job in zip(encoded, parsed.jobs)
-            ],
+            "data": [{"b64_json": data, "seed": image_job.seed} for data, image_job in zip(encoded, parsed.jobs)],
             "output_format": parsed.output_format,
             "size": f"{job.width}x{job.height}",
             "steps": job.steps,
@@ -346,7 +355,11 @@ class SDXLService:
                 outcomes[position] = GeneratedImage(image, elapsed_ms, len(call.positions))
         return outcomes
 
-    async def _encode(self, image, output_format: str) -> bytes:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._encoder_threads, encode_image, image, output_format,
-                                          self.encoder_settings)
+    async def _encode(self, image, output_format: str, *, as_base64: bool = False) -> bytes | str:
+        """Encode in the encoder pool; ``as_base64`` too (megabytes of base64 would stall the event loop)."""
+
+        def work():
+            data = encode_image(image, output_format, self.encoder_settings)
+            return base64.b64encode(data).decode("ascii") if as_base64 else data
+
+        return await asyncio.get_running_loop().run_in_executor(self._encoder_threads, work)

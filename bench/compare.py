@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     # Custom resources the scenario asks for (its replicas may request neuron_cores to model a node's
     # capacity): provide enough for both designs' replicas.
     custom = {name: len(DESIGNS) * replicas * float(amount) for name, amount in (actor_options.get("resources") or {}).items()}
-    ray.init(num_cpus=max(os.cpu_count() or 2, math.ceil(needed_cpus)), resources=custom or None,
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 2, math.ceil(needed_cpus)), resources=custom or None,
              include_dashboard=False, log_to_driver=False, configure_logging=False)
     port = free_port()
     base = f"http://127.0.0.1:{port}"

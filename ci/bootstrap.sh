@@ -10,8 +10,9 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  # The CPU build of torch first: anything unpinned would pull several GB of CUDA wheels.
-  "$VENV/bin/pip" install -q torch==2.13.0
+  # torch first, pinned, so that nothing below pulls an unpinned one (PyPI's Linux wheel brings several GB
+  # of CUDA libraries; TORCH_INDEX_URL, e.g. PyTorch's CPU index, picks the CPU-only build instead).
+  "$VENV/bin/pip" install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
   "$VENV/bin/pip" install -q -e ".[ui,bench,test]"
   rm -f "$VENV"/.installed-*
   touch "$stamp"

@@ -56,7 +56,14 @@ class NeuronBackend:
 
     def __init__(self, args: AppArgs, source: str):
         visible = os.environ.get("NEURON_RT_VISIBLE_CORES")
-        if visible is not None and count_visible_cores(visible) != args.neuron_cores_per_replica:
+        if visible is None:
+            # Without it the runtime would take every NeuronCore of the node, colliding with the other replicas.
+            raise ValueError(
+                "NEURON_RT_VISIBLE_CORES is not set, so this replica holds no NeuronCores of its own: give the "
+                f"deployment ray_actor_options.resources.neuron_cores={args.neuron_cores_per_replica} "
+                "(Ray then exports the variable) and run it on a Ray node that advertises neuron_cores"
+            )
+        if count_visible_cores(visible) != args.neuron_cores_per_replica:
             raise ValueError(
                 f"neuron_cores_per_replica is {args.neuron_cores_per_replica} but this replica sees "
                 f"NEURON_RT_VISIBLE_CORES={visible}: set the deployment's ray_actor_options.resources.neuron_cores "

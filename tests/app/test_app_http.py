@@ -219,6 +219,11 @@ def test_healthz_reports_a_loaded_model(client):
     assert response.json()["status"] == "ok"
 
 
+def test_head_on_healthz_answers_the_status_without_a_body(client):
+    response = client.head("/healthz")
+    assert response.status_code == 200 and response.content == b""
+
+
 # --------------------------------------------------------------------------------------------------
 # Bad input: always its 4xx with the JSON error naming the field, never a 5xx
 
@@ -239,6 +244,8 @@ BAD_QUERIES = [
     ({"prompt": "ok", "guidance_scale": 21}, "guidance_scale", "out_of_range"),
     ({"prompt": "ok", "seed": -1}, "seed", "out_of_range"),
     ({"prompt": "ok", "seed": 2**32}, "seed", "out_of_range"),
+    ({"prompt": "ok", "steps": "9" * 400}, "steps", "out_of_range"),
+    ({"prompt": "ok", "steps": "1_0"}, "steps", "invalid_type"),
     ({"prompt": "ok", "width": 4096}, "width", "out_of_range"),
     ({"prompt": "ok", "width": 100, "height": 100}, "width", "unsupported_value"),
     ({"prompt": "ok", "height": 64}, "height", "unsupported_value"),
@@ -270,7 +277,16 @@ BAD_BODIES = [
     ({"prompt": "ok", "seed": True}, "seed", "invalid_type"),
     ({"prompt": "ok", "steps": "3"}, "steps", "invalid_type"),
     ({"prompt": "ok", "model": 3}, "model", "invalid_type"),
+    ({"prompt": "ok", "seed": 10**400}, "seed", "out_of_range"),
+    ({"prompt": "ok", "guidance_scale": 10**400}, "guidance_scale", "out_of_range"),
 ]
+
+
+@pytest.mark.parametrize("content, param", [(b'{"prompt": "ok", "\\ud800": 1}', "\ud800"),
+                                            (b'{"prompt": "a \\udfff fox"}', "prompt")])
+def test_lone_surrogates_from_json_escapes_are_a_400(client, content, param):
+    response = client.post("/v1/images/generations", content=content, headers={"content-type": "application/json"})
+    assert_error(response, 400, param)
 
 
 @pytest.mark.parametrize("body, param, code", BAD_BODIES, ids=[f"{p}:{c}" for _, p, c in BAD_BODIES])
@@ -316,7 +332,7 @@ def test_unknown_route_is_a_404(client):
 
 @pytest.mark.parametrize("method, path, allow", [("POST", "/imagine", "GET"),
                                                  ("GET", "/v1/images/generations", "POST"),
-                                                 ("DELETE", "/healthz", "GET")])
+                                                 ("DELETE", "/healthz", "GET, HEAD")])
 def test_wrong_method_is_a_405_with_allow(client, method, path, allow):
     response = client.request(method, path)
     assert_error(response, 405, None, "method_not_allowed")
@@ -326,6 +342,12 @@ def test_wrong_method_is_a_405_with_allow(client, method, path, allow):
 def test_service_answers_normally_after_bad_input(client):
     for params, _, _ in BAD_QUERIES:
         assert client.get("/imagine", params=params).status_code < 500
+    for body, _, _ in BAD_BODIES:
+        assert client.post("/v1/images/generations", json=body).status_code < 500
+    for method, path in [("POST", "/imagine"), ("GET", "/nowhere"), ("PUT", "/healthz")]:
+        assert client.request(method, path).status_code < 500
+    assert client.post("/v1/images/generations", content=b"x" * 5000,
+                       headers={"content-type": "application/json"}).status_code == 413
     assert client.get("/healthz").status_code == 200
     response = client.get("/imagine", params={"prompt": README_PROMPT, "seed": 1})
     assert response.status_code == 200

@@ -12,7 +12,9 @@ the real SDK renders SDXL on a NeuronCore pair is only proven on an inf2 node.
 from __future__ import annotations
 
 import io
+import os
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -36,6 +38,19 @@ NEURON_ARGS = {
     "batch_wait_timeout_s": 0.05,
 }
 FAKE_ENV = {"PYTHONPATH": str(FAKE_NEURON_DIR), "FAKE_NEURON_BATCH_SIZE": "2", "FAKE_NEURON_SIZE": "128x128"}
+# A second copy whose fake NeuronCores fail every call while this file exists (only that copy sees the variable).
+WEDGED_FLAG = Path(tempfile.gettempdir()) / f"sdxl-fake-neuron-wedged-{os.getpid()}"
+WEDGED_APP = api_application(
+    {**NEURON_ARGS, "warmup": False},
+    {
+        # The test calls check_health itself; Serve must not replace the replica while it looks.
+        "health_check_period_s": 3600,
+        "ray_actor_options": {"num_cpus": 1, "resources": {"neuron_cores": 2},
+                              "runtime_env": {"env_vars": {"FAKE_NEURON_FAIL_FLAG": str(WEDGED_FLAG)}}},
+    },
+    name="wedged",
+    route_prefix="/wedged",
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -50,7 +65,8 @@ def fake_neuron(monkeypatch):
     monkeypatch.syspath_prepend(str(FAKE_NEURON_DIR))
     monkeypatch.setenv("FAKE_NEURON_BATCH_SIZE", "2")
     monkeypatch.setenv("FAKE_NEURON_SIZE", "128x128")
-    monkeypatch.delenv("NEURON_RT_VISIBLE_CORES", raising=False)
+    # What Ray exports for a replica holding neuron_cores=2.
+    monkeypatch.setenv("NEURON_RT_VISIBLE_CORES", "0,1")
     import optimum.neuron
 
     assert optimum.neuron.IS_FAKE
@@ -98,13 +114,21 @@ def test_neuron_backend_refuses_a_core_count_other_than_neuron_cores_per_replica
         load_neuron_backend()
 
 
+def test_neuron_backend_refuses_to_start_without_neuron_cores_of_its_own(fake_neuron, monkeypatch):
+    # A replica without the neuron_cores resource would see, and fight over, every core of the node.
+    monkeypatch.delenv("NEURON_RT_VISIBLE_CORES")
+    with pytest.raises(ValueError, match=r"NEURON_RT_VISIBLE_CORES is not set.*resources.neuron_cores=2"):
+        load_neuron_backend()
+    assert fake_neuron.NeuronStableDiffusionXLPipeline.loads == []  # refused before loading anything
+
+
 # --------------------------------------------------------------------------------------------------
 # Over HTTP on a local Ray that advertises NeuronCores (the fake module reaches replicas via PYTHONPATH)
 
 
 @pytest.fixture(scope="module")
 def neuron_cluster():
-    with local_serve(NEURON_ARGS, neuron_cores=4, env=FAKE_ENV) as url:
+    with local_serve(NEURON_ARGS, neuron_cores=4, env=FAKE_ENV, extra_apps=[WEDGED_APP]) as url:
         yield url
 
 
@@ -143,6 +167,32 @@ def test_ray_gives_the_replica_the_neuron_cores_it_asked_for(client):
     assert details["device"] == "neuron"
     visible = details["visible_cores"]
     assert visible is not None and len(visible.split(",")) == 2, visible
+
+
+@pytest.mark.ray
+def test_a_replica_whose_pipeline_keeps_failing_reports_itself_unhealthy(neuron_cluster, client):
+    from ray import serve
+
+    with httpx.Client(base_url=neuron_cluster.root + "/wedged", timeout=120) as wedged:
+        assert wedged.get("/healthz").status_code == 200
+        WEDGED_FLAG.touch()
+        try:
+            failures = [wedged.get("/imagine", params={"prompt": "a cat", "seed": seed}) for seed in range(3)]
+        finally:
+            WEDGED_FLAG.unlink()
+        assert [r.status_code for r in failures] == [500] * 3
+        assert all(r.json()["error"]["code"] == "generation_failed" for r in failures)
+        # Three failed pipeline calls in a row: the replica says so instead of failing each request.
+        health = wedged.get("/healthz")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        refused = wedged.get("/imagine", params={"prompt": "a cat"})
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_not_ready"
+        assert int(refused.headers["retry-after"]) > 0
+        # And Serve's health check, which replaces unhealthy replicas, sees the same.
+        handle = serve.get_deployment_handle("SDXLService", app_name="wedged")
+        with pytest.raises(Exception, match="3 pipeline calls failed in a row"):
+            handle.check_health.remote().result(timeout_s=60)
+    assert client.get("/healthz").status_code == 200  # the other application is untouched
 
 
 @pytest.mark.ray

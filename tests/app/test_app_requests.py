@@ -80,3 +80,54 @@ def test_any_query_string_is_either_a_valid_request_or_a_400(pairs):
     else:
         (job,) = request.jobs
         assert job.prompt.strip() and 0 <= job.seed <= MAX_SEED and 0 <= job.guidance_scale <= ARGS.max_guidance_scale
+
+
+def refusal(parse, value) -> ApiError:
+    with pytest.raises(ApiError) as raised:
+        parse(value, ARGS)
+    assert raised.value.status == 400
+    return raised.value
+
+
+@pytest.mark.parametrize("name", ["steps", "seed", "n", "guidance_scale"])
+def test_integers_too_large_for_any_float_are_a_400_naming_the_field(name):
+    error = refusal(parse_openai_body, {"prompt": "x", name: 10**400})
+    assert (error.param, error.code) == (name, "out_of_range")
+    assert "(401 digits)" in error.message
+
+
+@pytest.mark.parametrize("digits", ["9" * 400, "9" * 5000])
+def test_query_integers_with_hundreds_of_digits_are_out_of_range(digits):
+    error = refusal(parse_imagine_query, [("prompt", "x"), ("seed", digits)])
+    assert (error.param, error.code) == ("seed", "out_of_range")
+    assert len(error.message) < 200
+
+
+@pytest.mark.parametrize("text", ["1_0", "١٢", "0x10", "1e3", "--1", ""])
+def test_query_integers_are_plain_ascii_decimal(text):
+    error = refusal(parse_imagine_query, [("prompt", "x"), ("steps", text)])
+    assert (error.param, error.code) == ("steps", "invalid_type")
+
+
+@pytest.mark.parametrize("text", ["nan", "-Infinity", "1e999"])
+def test_query_guidance_that_is_not_finite_is_refused_as_such(text):
+    error = refusal(parse_imagine_query, [("prompt", "x"), ("guidance_scale", text)])
+    assert (error.param, error.code) == ("guidance_scale", "invalid_value")
+    assert "finite" in error.message
+
+
+def test_out_of_range_messages_show_the_exact_bounds():
+    error = refusal(parse_imagine_query, [("prompt", "x"), ("seed", str(MAX_SEED + 1))])
+    assert f"between 0 and {MAX_SEED}, got {MAX_SEED + 1}" in error.message
+
+
+def test_a_lone_surrogate_in_a_prompt_is_a_400():
+    error = refusal(parse_openai_body, {"prompt": "a \ud800 fox"})
+    assert (error.param, error.code) == ("prompt", "invalid_value")
+
+
+def test_unknown_names_are_quoted_escaped_and_cut_short_in_the_message():
+    error = refusal(parse_openai_body, {"prompt": "x", "\ud800" + "k" * 500: 1})
+    assert error.code == "unsupported_parameter" and len(error.param) == 64
+    assert "\\ud800" in error.message and "(501 characters)" in error.message
+    error.message.encode("utf-8")  # the message itself is always valid text

@@ -188,6 +188,7 @@ def local_serve(
         **(env or {}),
     }
     ray.init(
+        address="local",  # a private Ray, never one already running on the machine
         include_dashboard=False,
         num_cpus=num_cpus,
         resources={"neuron_cores": neuron_cores} if neuron_cores else None,

@@ -11,13 +11,15 @@ optimum-neuron 0.4.5's ``modeling_diffusion.py``:
   shape only).
 
 The compiled shape is taken from ``FAKE_NEURON_BATCH_SIZE``, ``FAKE_NEURON_SIZE`` (``WxH``) and
-``FAKE_NEURON_IMAGES_PER_PROMPT`` (default 1).
+``FAKE_NEURON_IMAGES_PER_PROMPT`` (default 1). While the file named by ``FAKE_NEURON_FAIL_FLAG`` exists,
+every call fails as a wedged NeuronCore would.
 Every ``__call__`` records ``NEURON_RT_VISIBLE_CORES`` in ``calls`` so a test can see what Ray exported.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 IS_FAKE = True
@@ -55,6 +57,9 @@ class NeuronStableDiffusionXLPipeline:
         return cls(inner, int(os.environ.get("FAKE_NEURON_BATCH_SIZE", "1")), width, height)
 
     def __call__(self, *args, **kwargs):
+        flag = os.environ.get("FAKE_NEURON_FAIL_FLAG")
+        if flag and Path(flag).exists():
+            raise RuntimeError("fake NeuronCore failure: the device stopped answering")
         kwargs.pop("height", None)
         kwargs.pop("width", None)
         prompts = kwargs["prompt"]
