@@ -42,6 +42,9 @@ MAX_SEED = 2**32 - 1
 # Generated files are handed to Gradio by path; older ones are pruned so a long-running UI replica
 # does not fill its disk. Gradio's own cache copy is cleaned by ``delete_cache`` below.
 _KEEP_FILES_S = 3600
+# The page has no upload control, but Gradio's app still offers an upload route; without a cap anyone
+# could fill the replica's /tmp (on a worker, the emptyDir the SDXL replicas share).
+_MAX_UPLOAD = "1mb"
 
 _CSS = """
 #status .ui-error { border: 1px solid #dc2626; background: #fef2f2; color: #7f1d1d; padding: 0.6em 0.8em;
@@ -108,52 +111,69 @@ def _request_from_controls(
     )
 
 
+def _refusal_message(visitor_key: str | None) -> str:
+    """What to tell the visitor when the API refuses the key (or the lack of one)."""
+    if visitor_key:
+        return "The service refused this API key (HTTP 401). Check the key in “API key”."
+    return "This service needs an API key: enter yours in “API key” and try again."
+
+
 def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
-    """The Gradio page. Controls start at the API's documented defaults and follow /info on each page load."""
+    """The Gradio page. Controls start at the API's documented defaults and follow /info on each page load.
+
+    Without an ``api_key_env`` of its own the page holds no secret: when the API needs a key, it shows an
+    "API key" field and passes each visitor's key through, so the UI never opens a keyed API to everyone.
+    """
     import gradio as gr
 
-    api_key = api_key_from_env(args)
+    own_key = api_key_from_env(args)
     store = _ImageStore(image_dir)
     defaults = ServiceInfo()
     info_timeout = min(args.request_timeout_s, 10.0)
 
-    def run(request: GenerationRequest) -> tuple[Any, ...]:
+    def run(request: GenerationRequest, visitor_key: str | None) -> tuple[Any, ...]:
+        visitor_key = None if own_key else (visitor_key or "").strip() or None
         try:
-            result = generate(args.api_url, request, api_key=api_key, timeout_s=args.request_timeout_s)
+            result = generate(args.api_url, request, api_key=own_key or visitor_key, timeout_s=args.request_timeout_s)
         except ApiError as error:
+            message = error.message
+            if error.kind == "unauthorized" and not own_key:
+                message = _refusal_message(visitor_key)
             # Clear the image: a stale or placeholder picture next to an error would read as a result.
             # The last good request is kept, so "Reproduce" still repeats it.
-            return None, _error_html(error.message), "", "", gr.skip()
+            return None, _error_html(message), "", "", gr.skip()
         path = store.save(result)
         elapsed = f"{result.generation_ms / 1000:.2f} s" if result.generation_ms is not None else "not reported"
         # Remember the request with the seed the service used: replaying it reproduces this image.
         pinned = dataclasses.replace(request, seed=result.seed)
         return path, _ok_html(result.summary()), str(result.seed), elapsed, pinned
 
-    def on_generate(prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size, output_format):
+    def on_generate(prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size, output_format, visitor_key):
         try:
             request = _request_from_controls(
                 prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size, output_format
             )
         except ApiError as error:
             return None, _error_html(error.message), "", "", gr.skip()
-        return run(request)
+        return run(request, visitor_key)
 
-    def on_reproduce(last: GenerationRequest | None):
+    def on_reproduce(last: GenerationRequest | None, visitor_key: str | None):
         if last is None:
             message = "Generate an image first; “Reproduce” repeats the last one with its seed."
             return None, _error_html(message), "", "", gr.skip(), gr.skip(), gr.skip()
         # Same parameters and the seed the service reported: the same image, byte for byte. The seed
         # controls are set to it too, so the user sees (and can tweak from) what is being repeated.
-        return (*run(last), gr.update(value=last.seed), gr.update(value=False))
+        return (*run(last, visitor_key), gr.update(value=last.seed), gr.update(value=False))
 
     def on_load():
         try:
-            info = fetch_info(args.api_url, api_key=api_key, timeout_s=info_timeout)
+            # /info is open even on a keyed API; it says whether generation needs a key.
+            info = fetch_info(args.api_url, api_key=own_key, timeout_s=info_timeout)
         except ApiError as error:
             return (
                 _error_html(f"Cannot read the service's settings from /info. {error.message}"),
                 f"Service: {args.api_url} (not answering yet; controls show the API's defaults)",
+                gr.update(),
                 gr.update(),
                 gr.update(),
                 gr.update(),
@@ -166,6 +186,7 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
             gr.update(maximum=info.max_guidance_scale, value=info.default_guidance_scale),
             gr.update(choices=list(info.image_sizes), value=info.default_size),
             gr.update(choices=list(info.output_formats), value=info.default_output_format),
+            gr.update(visible=info.auth_required and own_key is None),
         )
 
     with gr.Blocks(title=args.title, delete_cache=(_KEEP_FILES_S, _KEEP_FILES_S)) as blocks:
@@ -173,6 +194,10 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
         service_line = gr.Markdown(f"Service: connecting to {args.api_url} …", elem_id="service-info")
         with gr.Row():
             with gr.Column(scale=1):
+                visitor_key = gr.Textbox(
+                    label="API key", type="password", visible=False, elem_id="api-key",
+                    info="This service needs a key; it is sent to the API with each request and not stored.",
+                )
                 prompt = gr.Textbox(label="Prompt", lines=3, placeholder="an astronaut dancing on green grass, sunlit", elem_id="prompt")
                 negative_prompt = gr.Textbox(label="Negative prompt", lines=2, placeholder="blurry, low quality", elem_id="negative-prompt")
                 with gr.Row():
@@ -201,20 +226,14 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
         last = gr.State(None)
 
         outputs = [image, status, seed_used, generation_time, last]
-        generate_button.click(
-            on_generate,
-            inputs=[prompt, negative_prompt, seed, random_seed, steps, guidance, size, output_format],
-            outputs=outputs,
-            api_name="generate",
-        )
-        prompt.submit(
-            on_generate,
-            inputs=[prompt, negative_prompt, seed, random_seed, steps, guidance, size, output_format],
-            outputs=outputs,
-            api_name=False,
-        )
-        reproduce_button.click(on_reproduce, inputs=[last], outputs=[*outputs, seed, random_seed], api_name="reproduce")
-        blocks.load(on_load, outputs=[status, service_line, steps, guidance, size, output_format], api_name=False)
+        controls = [prompt, negative_prompt, seed, random_seed, steps, guidance, size, output_format, visitor_key]
+        # api_name=False: the page is for people; scripts have the API itself (and its key check).
+        generate_button.click(on_generate, inputs=controls, outputs=outputs, api_name=False)
+        prompt.submit(on_generate, inputs=controls, outputs=outputs, api_name=False)
+        reproduce_button.click(on_reproduce, inputs=[last, visitor_key], outputs=[*outputs, seed, random_seed],
+                               api_name=False)
+        blocks.load(on_load, outputs=[status, service_line, steps, guidance, size, output_format, visitor_key],
+                    api_name=False)
 
     # The API does its own admission control (503 when full); the UI should pass requests on, not queue them one by one.
     blocks.queue(default_concurrency_limit=16)
@@ -230,7 +249,8 @@ def build_asgi_app(args: UIArgs, *, image_dir: Path | None = None):
     blocks = build_blocks(args, image_dir=image_dir)
     # A bare Starlette parent is enough: mount_gradio_app only mounts Gradio's own app and chains its
     # lifespan (which starts Gradio's queue) into the parent's, which Serve runs at replica start.
-    return gr.mount_gradio_app(Starlette(), blocks, path="/", footer_links=[], css=_CSS, ssr_mode=False)
+    return gr.mount_gradio_app(Starlette(), blocks, path="/", footer_links=[], css=_CSS, ssr_mode=False,
+                               max_file_size=_MAX_UPLOAD)
 
 
 def _serve_deployment():
@@ -283,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     blocks = build_blocks(ui_args)
     print(f"SDXL web UI: http://{options.host}:{options.port}/  (API: {ui_args.api_url})", flush=True)
-    blocks.launch(server_name=options.host, server_port=options.port, footer_links=[], css=_CSS, ssr_mode=False)
+    blocks.launch(server_name=options.host, server_port=options.port, footer_links=[], css=_CSS, ssr_mode=False,
+                  max_file_size=_MAX_UPLOAD)
 
 
 if __name__ == "__main__":

@@ -47,9 +47,10 @@ class UIArgs(BaseModel):
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description=(
-            "Name of an environment variable holding the API key the UI sends as 'Authorization: Bearer'. "
-            "Use the same variable as the API app's api_key_env. The UI itself asks for no key: protect "
-            "its route (Ingress auth, NetworkPolicy) when the API needs one."
+            "Name of an environment variable holding an API key the UI sends for every visitor as "
+            "'Authorization: Bearer' (the API app's api_key_env): then anyone who reaches the UI can "
+            "generate, so protect its route. Unset (the default): when the API needs a key, the page asks "
+            "each visitor for theirs and holds none itself."
         ),
     )
     request_timeout_s: float = Field(
@@ -118,6 +119,8 @@ class ServiceInfo:
     output_formats: tuple[str, ...] = OUTPUT_FORMATS
     backend: str | None = None
     model_id: str | None = None
+    #: The API's generation routes need 'Authorization: Bearer <key>' (its /info says so).
+    auth_required: bool = False
 
     @property
     def default_size(self) -> str:
@@ -222,6 +225,8 @@ def parse_info(data: Any) -> ServiceInfo:
     for name in ("backend", "model_id"):
         if isinstance(data.get(name), str):
             values[name] = data[name]
+    if isinstance(data.get("auth_required"), bool):
+        values["auth_required"] = data["auth_required"]
 
     info = ServiceInfo(**{**base.__dict__, **values})
     # Keep the controls consistent even if /info reports a default above its own limit.

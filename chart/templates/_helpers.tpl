@@ -127,8 +127,13 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* Image of the Ray containers: repository@digest when image.digest is set, else repository:tag. */}}
 {{- define "sdxl.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The app's AppArgs (app/config.py), built from values. */}}
@@ -196,7 +201,8 @@ serveConfigV2: the applications Serve runs. Everything here is applied in place 
   "deployments" (list $deployment)) -}}
 {{- if .Values.ui.enabled -}}
 {{- $uiArgs := dict "api_url" .Values.ui.apiUrl -}}
-{{- if .Values.apiKey.existingSecret -}}{{- $_ := set $uiArgs "api_key_env" .Values.apiKey.envName -}}{{- end -}}
+{{- /* Without shareApiKey the UI holds no key: it asks each visitor for theirs. */ -}}
+{{- if and .Values.apiKey.existingSecret .Values.ui.shareApiKey -}}{{- $_ := set $uiArgs "api_key_env" .Values.apiKey.envName -}}{{- end -}}
 {{- $apps = append $apps (dict
   "name" "ui"
   "route_prefix" "/ui"

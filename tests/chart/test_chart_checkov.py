@@ -31,12 +31,13 @@ def checkov() -> str:
 def manifests(rendered, directory):
     for index, doc in enumerate(rendered.docs):
         (directory / f"{index:02d}-{doc['kind'].lower()}.yaml").write_text(yaml.safe_dump(doc))
+    namespace = rendered.rayservice["metadata"]["namespace"]
     for group_name, group in (("head", rendered.head_group), ("worker", rendered.worker_group)):
         template = group["template"]
         pod = {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": {"name": f"ray-{group_name}", "namespace": "sdxl", **template.get("metadata", {})},
+            "metadata": {"name": f"ray-{group_name}", "namespace": namespace, **template.get("metadata", {})},
             "spec": template["spec"],
         }
         (directory / f"ray-{group_name}-pod.yaml").write_text(yaml.safe_dump(pod))
@@ -55,7 +56,8 @@ def run_checkov(checkov: str, directory) -> dict:
 
 @pytest.mark.parametrize("scenario", [None, "karpenter"], ids=["defaults", "karpenter-everything-on"])
 def test_checkov_finds_no_failed_check_in_the_rendered_chart(checkov, tmp_path, scenario):
-    manifests(render(scenario=scenario), tmp_path)
+    rendered = render(scenario=scenario)
+    manifests(rendered, tmp_path)
     report = run_checkov(checkov, tmp_path)
     failed = [
         f"{check['check_id']} {check['check_name']} ({check['resource']})"
@@ -65,7 +67,9 @@ def test_checkov_finds_no_failed_check_in_the_rendered_chart(checkov, tmp_path, 
     assert report["summary"]["parsing_errors"] == 0
     # The Ray pods and the test pod were really scanned.
     scanned = {check["resource"] for check in report["results"]["passed_checks"]}
-    assert {"Pod.sdxl.ray-head", "Pod.sdxl.ray-worker", "Pod.sdxl.sdxl-test-generate"} <= scanned
+    # (The karpenter scenario creates and uses namespace sdxl-serving.)
+    namespace = rendered.rayservice["metadata"]["namespace"]
+    assert {f"Pod.{namespace}.ray-head", f"Pod.{namespace}.ray-worker", f"Pod.{namespace}.sdxl-test-generate"} <= scanned
 
 
 def test_every_skipped_check_has_a_written_reason():

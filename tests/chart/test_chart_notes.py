@@ -34,7 +34,9 @@ def test_notes_fall_back_to_port_forward_without_an_ingress():
 def test_notes_print_helm_test_upgrade_and_a_local_only_dashboard_command():
     notes = render().notes
     assert "helm test sdxl -n sdxl" in notes
-    assert "helm upgrade sdxl ./chart -n sdxl --reuse-values --set replicas=N" in notes
+    # --reset-then-reuse-values (Helm >= 3.14): plain --reuse-values would drop a newer chart's new defaults.
+    assert "helm upgrade sdxl ./chart -n sdxl --reset-then-reuse-values --set replicas=N" in notes
+    assert "--reuse-values" not in notes.replace("--reset-then-reuse-values", "")
     assert "kubectl -n sdxl port-forward svc/sdxl-head-svc 8265:8265" in notes
     assert "WARNING" not in notes
 
@@ -42,7 +44,8 @@ def test_notes_print_helm_test_upgrade_and_a_local_only_dashboard_command():
 def test_notes_describe_autoscaling_bounds_when_enabled():
     notes = render(scenario="autoscaling").notes
     assert "between 1 and 48 replicas; 12 replicas (2 NeuronCores each) fit on one node, 1 to 4 nodes" in notes
-    assert "--reuse-values --set autoscaling.maxReplicas=N" in notes
+    assert "--reset-then-reuse-values --set autoscaling.maxReplicas=N" in notes
+    assert "N is at most 48 (12 per node x workers.maxNodes=4)" in notes
 
 
 def test_notes_show_the_ui_port_forward_url_when_the_ui_is_enabled():
@@ -61,7 +64,37 @@ def test_notes_warn_while_the_image_repository_is_the_unpushed_local_name():
     assert "Build image/Dockerfile" not in render({"image": {"repository": "123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2"}}).notes
 
 
-def test_notes_warn_that_a_public_ui_spends_the_api_key():
-    notes = render({"ui": {"enabled": True}, "apiKey": {"existingSecret": "sdxl-key"}}).notes
+def test_notes_warn_that_a_public_ui_spends_a_shared_api_key():
+    notes = render({"ui": {"enabled": True, "shareApiKey": True}, "apiKey": {"existingSecret": "sdxl-key"}}).notes
     assert "the UI calls the API with the API key for whoever opens /ui/" in notes
+    keyed = render({"ui": {"enabled": True}, "apiKey": {"existingSecret": "sdxl-key"}}).notes
+    assert "for whoever opens /ui/" not in keyed and "The page asks for the API key" in keyed
     assert "for whoever opens /ui/" not in render({"ui": {"enabled": True}}).notes
+
+
+PATCH = (
+    "kubectl -n sdxl patch raycluster $(kubectl -n sdxl get rayservice sdxl -o jsonpath='{.status.activeServiceStatus.rayClusterName}') "
+    "--type json -p '[{\"op\":\"replace\",\"path\":\"/spec/workerGroupSpecs/0/maxReplicas\",\"value\":M}]'"
+)
+
+
+def test_notes_give_the_replica_ceiling_of_the_installed_cluster_and_the_patch_that_raises_it():
+    # KubeRay never applies a changed workers.maxNodes to a running RayCluster: the patch is the only way up.
+    notes = render({"replicas": 24, "workers": {"maxNodes": 3}}).notes
+    assert "N is at most 36 (12 per node x workers.maxNodes=3)" in notes
+    assert PATCH in notes
+    assert "then upgrade with --set workers.maxNodes=M,replicas=N (N up to 12 x M)" in notes
+
+
+def test_notes_patch_also_sets_the_worker_count_when_no_ray_autoscaler_adds_nodes():
+    notes = render({"rayCluster": {"enableInTreeAutoscaling": False}}).notes
+    assert '"value":M},{"op":"replace","path":"/spec/workerGroupSpecs/0/replicas","value":M}]' in notes
+    assert "/spec/workerGroupSpecs/0/replicas" not in render().notes
+
+
+def test_notes_run_helm_in_the_release_namespace_and_kubectl_in_the_created_one():
+    notes = render({"namespace": {"create": True, "name": "sdxl-serving"}}, namespace="default").notes
+    assert "helm test sdxl -n default" in notes
+    assert "helm upgrade sdxl ./chart -n default --reset-then-reuse-values" in notes
+    assert "kubectl -n sdxl-serving get rayservice sdxl -w" in notes
+    assert "kubectl -n sdxl-serving patch raycluster $(kubectl -n sdxl-serving get rayservice sdxl" in notes

@@ -42,16 +42,24 @@ def test_no_scenario_routes_the_dashboard_gcs_or_client_ports(scenario):
     assert "DASHBOARD IS EXPOSED" not in rendered.notes
 
 
-def test_alb_scenario_uses_the_alb_class_with_ip_targets_host_and_tls():
+def test_alb_scenario_uses_the_alb_class_with_ip_targets_host_and_acm_tls():
     rendered = render(scenario="alb")
     ingress = rendered.one("Ingress")
     assert ingress["spec"]["ingressClassName"] == "alb"
     assert ingress["metadata"]["annotations"]["alb.ingress.kubernetes.io/target-type"] == "ip"
-    assert ingress["spec"]["tls"] == [{"hosts": ["sdxl.example.com"], "secretName": "sdxl-example-com-tls"}]
+    # The AWS Load Balancer Controller finds the ACM certificate by host: no Secret is named.
+    assert ingress["spec"]["tls"] == [{"hosts": ["sdxl.example.com"]}]
+    with_secret = render({"ingress": {"tls": {"secretName": "ignored"}}}, scenario="alb").one("Ingress")
+    assert with_secret["spec"]["tls"] == [{"hosts": ["sdxl.example.com"]}]
     assert ingress_backends(rendered) == [
         ("sdxl.example.com", "/serve", "sdxl-serve-svc", 8000),
         ("sdxl.example.com", "/ui", "sdxl-serve-svc", 8000),
     ]
+
+
+def test_nginx_tls_names_the_certificate_secret():
+    ingress = render({"ingress": {"host": "sdxl.example.com", "tls": {"enabled": True, "secretName": "sdxl-tls"}}}).one("Ingress")
+    assert ingress["spec"]["tls"] == [{"hosts": ["sdxl.example.com"], "secretName": "sdxl-tls"}]
 
 
 def test_no_ingress_is_rendered_when_disabled():
@@ -166,6 +174,21 @@ def test_helm_test_image_can_be_pinned_by_digest():
     assert pod["spec"]["containers"][0]["image"] == f"python@{digest}"
 
 
+def test_karpenter_limits_follow_surge_nodes_and_expiry_can_be_turned_off():
+    karpenter = {"create": True, "clusterName": "c", "nodeRole": "r", "surgeNodes": 2, "expireAfter": "Never"}
+    pool = render({"karpenter": karpenter, "workers": {"instanceType": "inf2.24xlarge", "maxNodes": 3}, "replicas": 6}).one("NodePool")
+    assert pool["spec"]["limits"] == {"cpu": str(96 * 5), "memory": f"{384 * 5}Gi"}
+    assert pool["spec"]["template"]["spec"]["expireAfter"] == "Never"
+
+
+def test_ray_containers_run_the_pinned_digest_when_one_is_given():
+    digest = "sha256:" + "b" * 64
+    rendered = render({"image": {"repository": "123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2", "tag": "0.2.0", "digest": digest}})
+    expected = f"123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2@{digest}"
+    assert rendered.head_container["image"] == rendered.worker_container["image"] == expected
+    assert render().worker_container["image"] == "sdxl-inf2:0.1.0"
+
+
 def test_optional_objects_are_off_by_default():
     assert render().kinds() == {"RayService", "Ingress", "Pod"}
 
@@ -180,7 +203,9 @@ def test_karpenter_nodepool_provides_the_nodes_the_workers_select():
     assert requirements["node.kubernetes.io/instance-type"] == [selector["node.kubernetes.io/instance-type"]]
     assert pool["spec"]["template"]["spec"]["taints"] == [{"key": "aws.amazon.com/neuron", "effect": "NoSchedule"}]
     assert pool["spec"]["template"]["spec"]["nodeClassRef"]["name"] == node_class["metadata"]["name"]
-    assert pool["spec"]["limits"]["cpu"] == str(192 * 2)  # maxNodes=2 inf2.48xlarge
+    # maxNodes=2 inf2.48xlarge plus karpenter.surgeNodes=1 for an upgrade's second cluster or a replacement node.
+    assert pool["spec"]["limits"] == {"cpu": str(192 * 3), "memory": f"{768 * 3}Gi"}
+    assert pool["spec"]["template"]["spec"]["expireAfter"] == "720h"
     assert node_class["spec"]["metadataOptions"]["httpTokens"] == "required"
     assert node_class["spec"]["subnetSelectorTerms"] == [{"tags": {"karpenter.sh/discovery": "my-eks-cluster"}}]
 

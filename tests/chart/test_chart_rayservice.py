@@ -206,16 +206,25 @@ def test_ui_is_a_second_serve_application_without_neuron_cores():
 def test_ui_args_are_accepted_by_the_ui_application():
     from app.ui_client import parse_ui_args
 
-    rendered = render({"ui": {"enabled": True}, "apiKey": {"existingSecret": "sdxl-key"}})
+    rendered = render({"ui": {"enabled": True, "shareApiKey": True}, "apiKey": {"existingSecret": "sdxl-key"}})
     ui_args = parse_ui_args(rendered.application("ui")["args"])
     assert ui_args.api_url == "http://127.0.0.1:8000/serve"
     assert ui_args.api_key_env == "SDXL_API_KEY"
 
 
+def test_by_default_the_ui_of_a_keyed_api_holds_no_key_so_visitors_bring_theirs():
+    rendered = render({"ui": {"enabled": True}, "apiKey": {"existingSecret": "sdxl-key"}})
+    assert rendered.application()["args"]["api_key_env"] == "SDXL_API_KEY"
+    assert "api_key_env" not in rendered.application("ui")["args"]
+    assert "asks for the API key" in rendered.notes and "WARNING: ui.shareApiKey" not in rendered.notes
+
+
 def test_api_key_comes_from_an_existing_secret_into_the_ray_containers_and_app_args():
-    rendered = render({"apiKey": {"existingSecret": "sdxl-key", "secretKey": "token", "envName": "MY_KEY"}, "ui": {"enabled": True}})
+    rendered = render({"apiKey": {"existingSecret": "sdxl-key", "secretKey": "token", "envName": "MY_KEY"},
+                       "ui": {"enabled": True, "shareApiKey": True}})
     assert rendered.application()["args"]["api_key_env"] == "MY_KEY"
     assert rendered.application("ui")["args"]["api_key_env"] == "MY_KEY"
+    assert "WARNING: ui.shareApiKey=true" in rendered.notes
     for container in (rendered.head_container, rendered.worker_container):
         env = {item["name"]: item for item in container["env"]}
         assert env["MY_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "sdxl-key", "key": "token"}}

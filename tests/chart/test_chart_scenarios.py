@@ -92,7 +92,8 @@ def test_every_namespaced_object_lands_in_the_one_release_namespace(scenario):
 def test_namespace_is_rendered_only_when_asked_and_enforces_restricted_pod_security():
     assert "Namespace" not in render().kinds()
     namespace = render(scenario="karpenter").one("Namespace")
-    assert namespace["metadata"]["name"] == "sdxl"
+    # Not the release namespace "sdxl", which Helm creates and stores the release in.
+    assert namespace["metadata"]["name"] == "sdxl-serving"
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 

@@ -1,7 +1,10 @@
 """Upgrade semantics: `helm upgrade --set replicas=...` or a new model id must change only
-serveConfigV2 (applied in place by Serve) and the worker group's replica counts (owned by the
-autoscaler, ignored by KubeRay's cluster hash). Any other change under rayClusterConfig makes
-KubeRay build a second cluster, i.e. twice the inf2 nodes during the switch."""
+serveConfigV2 (applied in place by Serve) and the worker group's replica counts. Those counts are
+left out of KubeRay's cluster hash, and with an equal hash KubeRay does nothing to the running
+RayCluster: a new workers.minNodes/maxNodes neither rebuilds nor reaches it (only a kubectl patch
+of the live RayCluster, which NOTES.txt prints, or the next cluster KubeRay builds, does). Any
+other change under rayClusterConfig makes KubeRay build a second cluster, i.e. twice the inf2
+nodes during the switch."""
 
 from __future__ import annotations
 
@@ -81,7 +84,9 @@ def test_changing_replicas_changes_only_num_replicas_in_serve_config():
     assert after.worker_group == before.worker_group
 
 
-def test_replicas_beyond_one_node_change_only_autoscaler_owned_worker_counts():
+def test_replicas_beyond_one_node_change_only_worker_counts_that_kuberay_does_not_apply():
+    # No rebuild, but also no new ceiling: the running RayCluster keeps maxReplicas=1 until it is
+    # patched, so the Ray autoscaler cannot add the 2 extra nodes these 36 replicas need.
     before, after = upgrade("replicas=36,workers.maxNodes=3")
     assert_in_place(before, after)
     assert (after.worker_group["replicas"], after.worker_group["maxReplicas"]) == (3, 3)
@@ -100,7 +105,8 @@ def test_changing_the_model_id_changes_only_model_id_in_serve_config():
     )
 
 
-def test_autoscaling_bounds_change_in_place():
+def test_autoscaling_bounds_change_without_rebuilding_the_cluster():
+    # max_replicas reaches Serve in place; workers.maxNodes=4 reaches only a patched or new RayCluster.
     base = {"autoscaling": {"enabled": True, "maxReplicas": 24}, "workers": {"maxNodes": 2}}
     before, after = upgrade("autoscaling.maxReplicas=48,workers.maxNodes=4", base=base)
     assert_in_place(before, after)

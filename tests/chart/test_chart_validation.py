@@ -110,6 +110,24 @@ def test_schema_rejects_bad_model_lists_and_secret_names(values, message):
     assert message in render_error({"model": values})
 
 
+def test_schema_accepts_unbounded_or_positive_queues_but_not_zero_which_serve_rejects():
+    assert "at '/serve/maxQueuedRequests'" in render_error({"serve": {"maxQueuedRequests": 0}})
+    for queued in (-1, 1):
+        assert render({"serve": {"maxQueuedRequests": queued}}).sdxl_deployment["max_queued_requests"] == queued
+
+
+def test_schema_accepts_only_al2023_ami_aliases():
+    # The EC2NodeClass enlarges /dev/xvda, which is the data volume only on AL2023.
+    assert "at '/karpenter/amiAlias'" in render_error({"karpenter": {"amiAlias": "bottlerocket@latest"}})
+    karpenter = {"create": True, "clusterName": "c", "nodeRole": "r", "amiAlias": "al2023@v20250101"}
+    node_class = render({"karpenter": karpenter}).one("EC2NodeClass")
+    assert node_class["spec"]["amiSelectorTerms"] == [{"alias": "al2023@v20250101"}]
+
+
+def test_schema_rejects_an_image_digest_that_is_not_sha256():
+    assert "at '/image/digest'" in render_error({"image": {"digest": "sha256:abc"}})
+
+
 def test_schema_rejects_a_toleration_with_an_unknown_operator():
     assert "operator" in render_error({"workers": {"tolerations": [{"key": "x", "operator": "Maybe"}]}})
 
@@ -121,6 +139,11 @@ def test_schema_rejects_an_extra_env_entry_without_value_or_valuefrom():
 # --- validate.yaml: combinations -------------------------------------------------------------
 
 FAIL_RULES = [
+    pytest.param(
+        {"ui": {"enabled": True, "shareApiKey": True}},
+        ["ui.shareApiKey=true", "apiKey.existingSecret is empty"],
+        id="sharing an API key the API does not have",
+    ),
     pytest.param(
         {"workers": {"instanceType": "inf2.4xlarge"}},
         ['workers.instanceType "inf2.4xlarge" is not in', "inf2.48xlarge", "trn1.32xlarge"],
@@ -138,12 +161,18 @@ FAIL_RULES = [
     ),
     pytest.param(
         {"replicas": 13},
-        ["replicas=13 does not fit on workers.maxNodes=1", "12 replicas each", "workers.maxNodes to at least 2", "replicas to at most 12"],
+        [
+            "replicas=13 does not fit on workers.maxNodes=1",
+            "12 replicas each",
+            "workers.maxNodes to at least 2",
+            "replicas to at most 12",
+            "on a running release a new workers.maxNodes reaches the live RayCluster only through the kubectl patch NOTES.txt prints",
+        ],
         id="replicas beyond max nodes",
     ),
     pytest.param(
         {"autoscaling": {"enabled": True, "maxReplicas": 30}, "workers": {"maxNodes": 2}},
-        ["autoscaling.maxReplicas=30 does not fit on workers.maxNodes=2", "at least 3", "at most 24"],
+        ["autoscaling.maxReplicas=30 does not fit on workers.maxNodes=2", "at least 3", "at most 24", "kubectl patch NOTES.txt prints"],
         id="autoscaling max beyond max nodes",
     ),
     pytest.param(
@@ -208,8 +237,18 @@ FAIL_RULES = [
     ),
     pytest.param(
         {"ingress": {"tls": {"enabled": True, "secretName": "tls"}}},
-        ["ingress.tls.enabled=true needs ingress.host and ingress.tls.secretName"],
+        ["ingress.tls.enabled=true needs ingress.host"],
         id="tls without host",
+    ),
+    pytest.param(
+        {"ingress": {"host": "sdxl.example.com", "tls": {"enabled": True}}},
+        ["ingress.tls.enabled=true with ingress.className=nginx needs ingress.tls.secretName", "only ingress.className=alb does without one"],
+        id="tls without secret on nginx",
+    ),
+    pytest.param(
+        {"ingress": {"host": "sdxl.example.com"}, "dashboard": {"ingress": {"enabled": True, "host": "sdxl.example.com"}}},
+        ['dashboard.ingress.host="sdxl.example.com" equals ingress.host', "give the dashboard its own host name"],
+        id="dashboard on the API host",
     ),
     pytest.param(
         {"dashboard": {"ingress": {"enabled": True}}},
@@ -241,6 +280,88 @@ FAIL_RULES = [
         ["namespace.create=true needs namespace.name"],
         id="namespace without name",
     ),
+    pytest.param(
+        # The tests install into namespace "sdxl", where Helm keeps the release.
+        {"namespace": {"create": True, "name": "sdxl"}},
+        [
+            'namespace.create=true with namespace.name="sdxl", the release namespace',
+            "drop namespace.create (helm install -n sdxl --create-namespace)",
+            "helm install sdxl ./chart -n default --set namespace.create=true,namespace.name=sdxl",
+        ],
+        id="created namespace is the release namespace",
+    ),
+    pytest.param(
+        {"model": {"imageSizes": ["1020x1024"]}},
+        ['model.imageSizes entry "1020x1024": each side must be a multiple of 8 between 64 and 2048'],
+        id="image size not a multiple of 8",
+    ),
+    pytest.param(
+        {"model": {"backend": "cpu", "imageSizes": ["512x512", "56x512"]}},
+        ['model.imageSizes entry "56x512"'],
+        id="image size below 64",
+    ),
+    pytest.param(
+        {"model": {"imageSizes": ["1024x2056"]}},
+        ['model.imageSizes entry "1024x2056"'],
+        id="image size above 2048",
+    ),
+    pytest.param(
+        {"autoscaling": {"enabled": True, "maxReplicas": 48}, "workers": {"maxNodes": 4}, "rayCluster": {"enableInTreeAutoscaling": False}},
+        [
+            "autoscaling.maxReplicas=48 needs more than the 1 worker node(s) the cluster starts with (12 replicas)",
+            "set rayCluster.enableInTreeAutoscaling=true or autoscaling.maxReplicas to at most 12",
+        ],
+        id="serve autoscaling beyond the initial nodes without the ray autoscaler",
+    ),
+    pytest.param(
+        {"networkPolicy": {"enabled": True}, "monitoring": {"podMonitor": {"enabled": True}}},
+        ["networkPolicy.enabled=true admits the metrics port 8080 only from networkPolicy.metricsFrom, which is empty", "list your Prometheus there"],
+        id="pod monitor blocked by the network policy",
+    ),
+    pytest.param(
+        {"networkPolicy": {"enabled": True}, "monitoring": {"serviceMonitor": {"enabled": True}}},
+        ["networkPolicy.metricsFrom, which is empty"],
+        id="service monitor blocked by the network policy",
+    ),
+    pytest.param(
+        {"model": {"download": False}},
+        [
+            'model.download=false loads only what the image carries, but model.id="aws-neuron/stable-diffusion-xl-base-1-0-1024x1024" is a Hub id',
+            "/models/sdxl",
+            "or set model.download=true",
+        ],
+        id="offline replicas with a hub id",
+    ),
+    pytest.param(
+        {"generation": {"maxSteps": 1, "defaultSteps": 1}},
+        ["helmTest.steps=2 exceeds generation.maxSteps=1, so helm test would get a 400"],
+        id="helm test steps above max steps",
+    ),
+    pytest.param(
+        {"workers": {"nodeSelector": {"node.kubernetes.io/instance-type": "inf2.24xlarge"}}},
+        ["workers.nodeSelector sets node.kubernetes.io/instance-type", "use workers.instanceType and workers.nodePool instead"],
+        id="worker selector overriding the instance type",
+    ),
+    pytest.param(
+        {"workers": {"nodeSelector": {"karpenter.sh/nodepool": "other"}}},
+        ["workers.nodeSelector sets karpenter.sh/nodepool"],
+        id="worker selector overriding the nodepool",
+    ),
+    pytest.param(
+        {"head": {"nodeSelector": {"karpenter.sh/nodepool": "other"}}},
+        ["head.nodeSelector sets karpenter.sh/nodepool", "use head.nodePool instead"],
+        id="head selector overriding the nodepool",
+    ),
+    pytest.param(
+        {"fullnameOverride": "9sdxl"},
+        ['the RayService name "9sdxl"', "is not a DNS-1035 label", "starting with a letter; set fullnameOverride"],
+        id="name starting with a digit",
+    ),
+    pytest.param(
+        {"karpenter": {"create": True, "clusterName": "c", "nodeRole": "r"}, "replicas": 24, "workers": {"maxNodes": 2}},
+        ["karpenter.surgeNodes=1 leaves the NodePool no room for the 2 node(s) the second Ray cluster", "raise karpenter.surgeNodes to at least 2"],
+        id="karpenter surge below the second cluster",
+    ),
 ]
 
 
@@ -263,8 +384,40 @@ def test_every_fail_rule_in_validate_yaml_has_a_test():
     assert not untested
 
 
+def test_valid_edges_of_the_new_rules_render():
+    # Each rule refuses only what it names: these neighbours of the refused values are fine.
+    assert render({"model": {"backend": "cpu", "imageSizes": ["64x2048", "1016x768"]}}).application()["args"]["image_sizes"] == ["64x2048", "1016x768"]
+    assert render({"model": {"download": False, "id": "/models/sdxl"}}).application()["args"]["model_id"] == "/models/sdxl"
+    assert render({"model": {"download": False, "id": "embedded"}}).application()["args"]["model_id"] == "embedded"
+    # Serve autoscaling within the nodes the cluster starts with needs no Ray autoscaler.
+    fixed = render({"autoscaling": {"enabled": True, "maxReplicas": 12}, "rayCluster": {"enableInTreeAutoscaling": False}})
+    assert fixed.rayservice["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is False
+    # The head's instance type is not derived by the chart, so pinning it is allowed.
+    head = render({"head": {"nodeSelector": {"node.kubernetes.io/instance-type": "m7i.2xlarge"}}})
+    assert head.head_group["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"] == "m7i.2xlarge"
+    # With an ALB, TLS needs no Secret.
+    alb = render({"ingress": {"className": "alb", "host": "sdxl.example.com", "tls": {"enabled": True}}})
+    assert alb.one("Ingress")["spec"]["tls"] == [{"hosts": ["sdxl.example.com"]}]
+
+
 def test_the_largest_valid_combination_renders():
     # Boundaries are inclusive: exactly a full node of replicas, exactly maxNodes of them.
     rendered = render({"replicas": 24, "workers": {"maxNodes": 2}, "serve": {"replicaCpus": 15}})
     assert rendered.sdxl_deployment["num_replicas"] == 24
     assert rendered.worker_group["replicas"] == 2
+
+
+@pytest.mark.parametrize("size", ["64x64", "2048x2048", "1016x768", "1020x1024", "56x64", "64x2056", "1024x9999"])
+def test_the_chart_accepts_exactly_the_image_sizes_the_app_accepts(size):
+    from app.config import parse_size
+
+    try:
+        parse_size(size)
+        app_accepts = True
+    except ValueError:
+        app_accepts = False
+    values = {"model": {"backend": "cpu", "imageSizes": [size]}}
+    if app_accepts:
+        assert render(values).application()["args"]["image_sizes"] == [size]
+    else:
+        assert f'model.imageSizes entry "{size}"' in render_error(values)

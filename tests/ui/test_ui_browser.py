@@ -2,12 +2,14 @@
 
 One local Ray Serve for the module runs the API at /serve and the UI as a second Serve application at
 /ui, exactly as the chart's ``ui.enabled`` deploys it, plus a second UI at /ui-down whose API is a
-closed port. Debian's chromium (headless, driven by Playwright; never a downloaded browser) opens the
+closed port, and a UI at /ui-keyed (holding no key itself) in front of a copy of the API at /keyed
+that needs an API key. Debian's chromium (headless, driven by Playwright; never a downloaded browser) opens the
 pages. Screenshots go to ``<repo>/artifacts/`` (git-ignored) for a human to look at.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,7 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from app.ui_client import GenerationRequest, fetch_info, generate
-from tests.support.serve_cluster import REPO_ROOT, fast_embedded_args, free_port, local_serve
+from tests.support.serve_cluster import REPO_ROOT, api_application, fast_embedded_args, free_port, local_serve
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -32,10 +34,23 @@ ARTIFACTS = REPO_ROOT / "artifacts"
 MAX_PROMPT_CHARS = 200  # small, so the over-limit case is quick to type
 UI_TIMEOUT_MS = 60_000  # generous: two cores are shared with other test runs
 
-pytestmark = pytest.mark.ray
-needs_chromium = pytest.mark.skipif(
-    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed (ci/test.sh installs Debian's chromium)"
-)
+API_KEY = "ui-test-key-7d2a"  # not a secret: a throwaway value for this module's cluster only
+
+pytestmark = [pytest.mark.ray, pytest.mark.browser]
+
+
+def needs_chromium(test):
+    """Skip without Debian's chromium on a developer machine; in CI (CI set) that is a failure, not a skip."""
+    if Path(CHROMIUM).exists():
+        return test
+    if os.environ.get("CI"):
+        return pytest.mark.usefixtures("_chromium_missing_in_ci")(test)
+    return pytest.mark.skip(reason=f"{CHROMIUM} not installed (ci/test.sh installs Debian's chromium)")(test)
+
+
+@pytest.fixture
+def _chromium_missing_in_ci():
+    pytest.fail(f"{CHROMIUM} is missing in CI: ci/test.sh should have installed Debian's chromium")
 
 IMAGE_DECODED = """() => {
   const img = document.querySelector('#result-image img');
@@ -46,8 +61,13 @@ IMAGE_DECODED = """() => {
 @pytest.fixture(scope="module")
 def service():
     down_url = f"http://127.0.0.1:{free_port()}/serve"  # nothing listens there
+    keyed_api = api_application(fast_embedded_args(api_key_env="SDXL_UI_TEST_KEY", warmup=False),
+                                {"ray_actor_options": {"num_cpus": 0.3}}, name="keyed", route_prefix="/keyed")
     ui_apps = [
         {"name": "ui", "route_prefix": "/ui", "import_path": "app.ui:build_ui_app", "args": {"api_url": "{root}/serve"}},
+        keyed_api,
+        {"name": "ui-keyed", "route_prefix": "/ui-keyed", "import_path": "app.ui:build_ui_app",
+         "args": {"api_url": "{root}/keyed"}},
         {
             "name": "ui-down",
             "route_prefix": "/ui-down",
@@ -55,7 +75,8 @@ def service():
             "args": {"api_url": down_url, "request_timeout_s": 10},
         },
     ]
-    with local_serve(fast_embedded_args(max_prompt_chars=MAX_PROMPT_CHARS), extra_apps=ui_apps) as url:
+    with local_serve(fast_embedded_args(max_prompt_chars=MAX_PROMPT_CHARS), extra_apps=ui_apps,
+                     env={"SDXL_UI_TEST_KEY": API_KEY}) as url:
         url.down_url = down_url
         yield url
 
@@ -164,6 +185,7 @@ def test_page_generates_an_image_and_shows_the_seed_and_time(page, service):
     assert page.locator("#size input").first.input_value() == "128x128"
     _generate(page, "an astronaut is dancing on green grass, sunlit")
     seed, src = _wait_for_result(page)
+    _screenshot(page, "ui-generate.png")  # before the assertions, so a failing run leaves one too
 
     assert 0 <= seed <= 2**32 - 1
     # 128x128 is the first configured size, so the default.
@@ -176,7 +198,6 @@ def test_page_generates_an_image_and_shows_the_seed_and_time(page, service):
     # Nothing is fetched from anywhere but the service (no CDN, fonts or analytics): air-gapped clusters work.
     hosts = {urlsplit(url).netloc for url in page.requested if not url.startswith(("data:", "blob:"))}
     assert hosts == {urlsplit(service.root).netloc}
-    _screenshot(page, "ui-generate.png")
 
 
 @needs_chromium
@@ -211,13 +232,13 @@ def test_a_prompt_over_the_limit_shows_the_api_message_and_no_image(page, servic
     _open(page, f"{service.root}/ui/")
     _generate(page, "x" * (MAX_PROMPT_CHARS + 1))
     page.wait_for_selector("#status .ui-error", timeout=UI_TIMEOUT_MS)
+    _screenshot(page, "ui-error.png")
 
     message = page.inner_text("#status")
     assert "HTTP 400" in message
     assert f"at most {MAX_PROMPT_CHARS} characters" in message
     assert page.locator("#result-image img").count() == 0
     assert _value(page, "seed-used") == ""
-    _screenshot(page, "ui-error.png")
 
 
 @needs_chromium
@@ -234,6 +255,35 @@ def test_an_unreachable_api_is_reported_on_load_and_on_generate(page, service):
         " return t.includes('unreachable') && !t.includes('settings'); }",
         timeout=UI_TIMEOUT_MS,
     )
+    _screenshot(page, "ui-unreachable.png")
     assert service.down_url in page.inner_text("#status")
     assert page.locator("#result-image img").count() == 0
-    _screenshot(page, "ui-unreachable.png")
+
+
+@needs_chromium
+def test_a_keyed_api_gets_each_visitors_key_and_the_page_holds_none(page, service):
+    _open(page, f"{service.root}/ui-keyed/")
+    key_box = page.locator("#api-key input")
+    assert key_box.is_visible() and key_box.get_attribute("type") == "password"
+
+    _generate(page, "a locked door")
+    page.wait_for_selector("#status .ui-error", timeout=UI_TIMEOUT_MS)
+    assert "needs an API key" in page.inner_text("#status")
+
+    key_box.fill("not-the-key")
+    page.click("#generate")
+    page.wait_for_function("() => document.querySelector('#status').innerText.includes('refused this API key')",
+                           timeout=UI_TIMEOUT_MS)
+    assert page.locator("#result-image img").count() == 0
+
+    key_box.fill(API_KEY)
+    page.click("#generate")
+    seed, _ = _wait_for_result(page)
+    _screenshot(page, "ui-keyed.png")
+    assert f"seed {seed}" in page.inner_text("#status")
+
+
+@needs_chromium
+def test_an_open_api_shows_no_key_field(page, service):
+    _open(page, f"{service.root}/ui/")
+    assert not page.locator("#api-key input").is_visible()

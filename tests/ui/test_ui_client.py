@@ -195,6 +195,12 @@ def test_info_missing_values_fall_back_to_the_api_defaults_and_stay_consistent()
     assert info.max_steps == 4 and info.default_steps == 4
 
 
+def test_info_says_whether_the_api_needs_a_key():
+    assert parse_info({"auth_required": True}).auth_required is True
+    assert parse_info({}).auth_required is False
+    assert parse_info({"auth_required": "yes"}).auth_required is False  # only a JSON boolean counts
+
+
 def test_info_that_is_not_an_object_is_a_readable_error():
     with pytest.raises(ApiError, match="not a JSON object"):
         parse_info(["64x64"])
