@@ -151,7 +151,8 @@ def main(argv: list[str]) -> int:
     # (Ctrl-C shuts Serve down, which must not touch anybody else's applications).
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
-        serve.start(http_options={"host": cli.host, "port": cli.port})
+        # The chart's default serve.requestTimeoutS: no client waits forever behind a stuck generation.
+        serve.start(http_options={"host": cli.host, "port": cli.port, "request_timeout_s": 300})
         base = f"http://{'127.0.0.1' if cli.host in ('0.0.0.0', '::') else cli.host}:{cli.port}"
         serve.run(build_app(args), name="sdxl", route_prefix=API_PREFIX)
         wait_until_healthy(base + API_PREFIX + "/healthz")

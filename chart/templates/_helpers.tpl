@@ -212,7 +212,7 @@ serveConfigV2: the applications Serve runs. Everything here is applied in place 
 {{- end -}}
 {{- $cfg := dict
   "proxy_location" "EveryNode"
-  "http_options" (dict "host" "0.0.0.0" "port" 8000)
+  "http_options" (dict "host" "0.0.0.0" "port" 8000 "request_timeout_s" .Values.serve.requestTimeoutS)
   "applications" $apps -}}
 {{- toYaml $cfg -}}
 {{- end -}}

@@ -181,6 +181,13 @@ def test_deployment_options_come_from_values(default):
     }
 
 
+def test_serve_proxy_listens_on_every_node_and_bounds_each_request_in_time(default):
+    config = default.serve_config
+    assert config["proxy_location"] == "EveryNode"
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 8000, "request_timeout_s": 300}
+    assert render({"serve": {"requestTimeoutS": 90}}).serve_config["http_options"]["request_timeout_s"] == 90
+
+
 def test_autoscaling_replaces_fixed_replicas_with_serve_autoscaling():
     deployment = render(scenario="autoscaling").sdxl_deployment
     assert "num_replicas" not in deployment

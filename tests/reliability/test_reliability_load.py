@@ -2,8 +2,8 @@
 
 The replica is deliberately small (4 requests in flight, 8 queued) so that most of the 64 clients
 hit Serve's backpressure: the contract is that each of them gets either an image or an explicit
-503 with Retry-After, that nobody waits past the configured client timeout, and that the replica's
-memory does not creep while it serves.
+503 with Retry-After, that nobody waits past the request timeout configured on Serve's proxy (as the
+chart's serve.requestTimeoutS does), and that the replica's memory does not creep while it serves.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ pytestmark = pytest.mark.ray
 
 CLIENTS = 64
 LOAD_SECONDS = 20.0
-#: The request timeout every client is configured with; the service must answer well within it.
-CLIENT_TIMEOUT_S = 30.0
+#: The proxy's request timeout (http_options.request_timeout_s); past it Serve answers 408.
+REQUEST_TIMEOUT_S = 30.0
+#: Clients wait longer than the service's own limit, so a hang would show as a client-side give-up.
+CLIENT_TIMEOUT_S = 2 * REQUEST_TIMEOUT_S
 MAX_RSS_GROWTH = 0.10
 
 
@@ -40,6 +42,7 @@ def api():
             "max_queued_requests": 8,
             "ray_actor_options": {"num_cpus": 1},
         },
+        request_timeout_s=REQUEST_TIMEOUT_S,
     ) as url:
         yield url
 
@@ -101,7 +104,17 @@ def test_no_client_waits_past_the_configured_request_timeout(load_run):
     samples = load_run["run"].samples
     gave_up = [s for s in samples if s.status == 0]
     assert not gave_up, f"{len(gave_up)} clients got no answer: {gave_up[0].error}"
-    assert max(s.latency for s in samples) < CLIENT_TIMEOUT_S
+    assert max(s.latency for s in samples) < REQUEST_TIMEOUT_S
+
+
+def test_a_request_that_outlives_its_time_limit_gets_a_408_instead_of_hanging(api):
+    # Serve's proxy enforces the limit; a client may lower it for one request with this header.
+    started = time.monotonic()
+    response = httpx.get(f"{api}/imagine", params={"prompt": "a long one", "steps": 50},
+                         headers={"X-Request-Timeout-Seconds": "0.2"}, timeout=CLIENT_TIMEOUT_S)
+    assert response.status_code == 408
+    assert time.monotonic() - started < 5
+    assert httpx.get(f"{api}/healthz", timeout=5).status_code == 200
 
 
 def test_successful_answers_under_load_are_complete_images(api):

@@ -2,7 +2,7 @@
 
 Public API (kept small; the UI, chart and reliability tests import it):
 
-``local_serve(app_args, *, deployment_options=None, neuron_cores=0, num_cpus=2, extra_apps=(), env=None)``
+``local_serve(app_args, *, deployment_options=None, neuron_cores=0, num_cpus=2, extra_apps=(), env=None, request_timeout_s=None)``
     Context manager. Starts Ray (no dashboard) and Serve's HTTP proxy on 127.0.0.1 at a free port,
     deploys ``app.main:build_app`` with ``app_args`` at route prefix ``/serve`` the way a RayService
     does (a serveConfigV2-shaped config: the controller imports the builder and validates the args),
@@ -15,6 +15,8 @@ Public API (kept small; the UI, chart and reliability tests import it):
     ``extra_apps``: more serveConfigV2 applications (``{"name", "route_prefix", "import_path", "args"}``),
     e.g. the UI; the helper fills ``{root}`` in string args with the root URL.
     ``env``: environment variables for every Ray worker (e.g. an API key).
+    ``request_timeout_s``: the proxy's per-request time limit (``http_options.request_timeout_s``), after
+    which it answers 408.
 
 ``deploy_config(applications, timeout_s=...)``
     Inside ``local_serve``: apply a new set of applications (replacing the running set) and return
@@ -176,6 +178,7 @@ def local_serve(
     extra_apps: Iterable[dict] = (),
     env: dict[str, str] | None = None,
     timeout_s: float = 180.0,
+    request_timeout_s: float | None = None,
 ) -> Iterator[ServeURL]:
     import ray
     from ray import serve
@@ -198,7 +201,10 @@ def local_serve(
     )
     try:
         port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        http_options = {"host": "127.0.0.1", "port": port}
+        if request_timeout_s is not None:
+            http_options["request_timeout_s"] = request_timeout_s  # as the chart's serve.requestTimeoutS
+        serve.start(http_options=http_options)
         url = ServeURL(f"http://127.0.0.1:{port}")
         applications = [api_application(app_args, deployment_options)]
         applications += [_fill_root(dict(extra), url.root) for extra in extra_apps]
