@@ -309,6 +309,10 @@ def fmt(value, digits=3) -> str:
     return f"{value:.{digits}f}"
 
 
+def _span(values: list[float]) -> str:
+    return f"{min(values):.3f}..{max(values):.3f}" if values else "n/a"
+
+
 def render_markdown(report: dict) -> str:
     lines = [
         f"# Seed design vs our app ({report['mode']} run, {report['utc']})",
@@ -327,8 +331,8 @@ def render_markdown(report: dict) -> str:
         "",
         "## Latency and throughput (closed loop, HTTP through the Serve proxy)",
         "",
-        "| concurrency | design | requests (200) | p50 s | p99 s | throughput img/s | other statuses |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| concurrency | design | requests (200) | p50 s | p99 s | throughput img/s | batch (service) | other statuses |",
+        "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for level in report["levels"]:
         for design in DESIGNS:
@@ -336,21 +340,30 @@ def render_markdown(report: dict) -> str:
             other = {k: v for k, v in r["statuses"].items() if k != "200"}
             lines.append(
                 f"| {level} | {design} | {r['ok']}/{r['requests']} | {fmt(r['p50_s'])} | {fmt(r['p99_s'])} | "
-                f"{fmt(r['throughput_rps'], 2)} | {json.dumps(other) if other else '-'} |"
+                f"{fmt(r['throughput_rps'], 2)} | {fmt(r.get('mean_batch_size'), 2)} | {json.dumps(other) if other else '-'} |"
             )
     g = report["goals"]
     lines += [
         "",
         "p99 is nearest-rank: with fewer than 100 requests at a level it is the slowest request. "
-        "`ours-nowait` is our app with the same args except `batch_wait_timeout_s: 0` (not the chart's scenario; "
-        "shown to separate the cost of waiting for a batch from the rest of the design).",
+        "'batch (service)' is the mean X-Batch-Size our app reports: how many images shared the pipeline call "
+        "that made each one (the seed design does not batch). "
+        "`ours-nowait` is our app with the same args except `batch_wait_timeout_s: 0` (not the chart's scenario): "
+        "ours never waits when a replica is idle, and waits up to the batch timeout only while its pipeline is busy; "
+        "nowait never waits at all, which shows what that wait buys under load.",
         "",
         "## Goals on this machine",
         "",
-        "| goal | target | measured | met |",
-        "|---|---:|---:|---|",
-        f"| p50 at concurrency 1, ours / seed | ≤ {GOAL_P50_RATIO} | {fmt(g['p50_ratio_c1'])} | {'yes' if g['p50_met'] else 'NO'} |",
-        f"| throughput at concurrency 16, ours / seed | ≥ {GOAL_THROUGHPUT_RATIO} | {fmt(g['throughput_ratio_c16'], 2)} | {'yes' if g['throughput_met'] else 'NO'} |",
+        "Judged on the worse of the pooled ratio (all rounds' requests together) and the median of the "
+        "round-by-round ratios, so one lucky round cannot meet a goal.",
+        "",
+        "| goal | target | pooled | median of rounds | rounds (min..max) | met |",
+        "|---|---:|---:|---:|---:|---|",
+        f"| p50 at concurrency 1, ours / seed | ≤ {GOAL_P50_RATIO} | {fmt(g['p50_ratio_c1'])} | "
+        f"{fmt(g['p50_ratio_c1_median'])} | {_span(report['round_ratios']['ours']['p50_c1'])} | {'yes' if g['p50_met'] else 'NO'} |",
+        f"| throughput at concurrency 16, ours / seed | ≥ {GOAL_THROUGHPUT_RATIO} | {fmt(g['throughput_ratio_c16'], 2)} | "
+        f"{fmt(g['throughput_ratio_c16_median'], 2)} | {_span(report['round_ratios']['ours']['throughput_c16'])} | "
+        f"{'yes' if g['throughput_met'] else 'NO'} |",
         "",
         f"For reference, `ours-nowait` / seed: p50 at 1 = {fmt(report['nowait_vs_seed']['p50_ratio_c1'])}, "
         f"throughput at 16 = {fmt(report['nowait_vs_seed']['throughput_ratio_c16'], 2)}. "
@@ -605,11 +618,17 @@ def main(argv: list[str] | None = None) -> int:
         design: {"p50_c1": round_ratios(design, "1", "p50_s"), "throughput_c16": round_ratios(design, "16", "throughput_rps")}
         for design in DESIGNS[1:]
     }
+    p50_rounds = report["round_ratios"]["ours"]["p50_c1"]
+    tp_rounds = report["round_ratios"]["ours"]["throughput_c16"]
+    p50_median = statistics.median(p50_rounds) if p50_rounds else math.nan
+    tp_median = statistics.median(tp_rounds) if tp_rounds else math.nan
     report["goals"] = {
         "p50_ratio_c1": p50_ratio,
-        "p50_met": bool(p50_ratio <= GOAL_P50_RATIO),
+        "p50_ratio_c1_median": p50_median,
+        "p50_met": bool(max(p50_ratio, p50_median) <= GOAL_P50_RATIO),
         "throughput_ratio_c16": tp_ratio,
-        "throughput_met": bool(tp_ratio >= GOAL_THROUGHPUT_RATIO),
+        "throughput_ratio_c16_median": tp_median,
+        "throughput_met": bool(min(tp_ratio, tp_median) >= GOAL_THROUGHPUT_RATIO),
     }
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -27,6 +27,7 @@ class Sample:
     nbytes: int = 0
     retry_after: str | None = None
     generation_ms: float | None = None  # X-Generation-Time-Ms when the service reports it
+    batch_size: int | None = None  # X-Batch-Size: images the pipeline call that made this one ran together
 
     @property
     def latency(self) -> float:
@@ -56,6 +57,7 @@ def summarise(run: RunResult) -> dict:
     for s in run.samples:
         statuses[str(s.status)] = statuses.get(str(s.status), 0) + 1
     gen = [s.generation_ms for s in ok if s.generation_ms is not None]
+    batches = [s.batch_size for s in ok if s.batch_size is not None]
     return {
         "requests": len(run.samples),
         "ok": len(ok),
@@ -67,6 +69,8 @@ def summarise(run: RunResult) -> dict:
         "throughput_rps": len(ok) / run.wall_s if run.wall_s > 0 else math.nan,
         "mean_bytes": statistics.fmean([s.nbytes for s in ok]) if ok else math.nan,
         "service_generation_p50_ms": percentile(gen, 50) if gen else None,
+        # Averaged over images: the batch an image was generated in, as the service reports it.
+        "mean_batch_size": statistics.fmean(batches) if batches else None,
     }
 
 
@@ -80,6 +84,7 @@ async def _one(client: httpx.AsyncClient, method: str, url: str, kwargs: dict) -
         response = await client.request(method, url, **kwargs)
         body = response.content
         gen = response.headers.get("x-generation-time-ms")
+        batch = response.headers.get("x-batch-size")
         return Sample(
             started=started,
             finished=time.monotonic(),
@@ -87,6 +92,7 @@ async def _one(client: httpx.AsyncClient, method: str, url: str, kwargs: dict) -
             nbytes=len(body),
             retry_after=response.headers.get("retry-after"),
             generation_ms=float(gen) if gen else None,
+            batch_size=int(batch) if batch and batch.isdigit() else None,
             error="" if response.status_code == 200 else body[:300].decode("utf-8", "replace"),
         )
     except (httpx.TimeoutException, httpx.TransportError) as error:
