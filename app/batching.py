@@ -4,13 +4,13 @@
 a single step count, size and guidance scale, so the list is partitioned by ``batch_key`` (never
 mixing incompatible jobs), each group is cut to the backend's batch size, and for a backend with a
 fixed compiled batch (Neuron) the last chunk is padded by repeating its last job; the padded images are
-computed and dropped.
+computed and dropped. :func:`batch_wait_s` decides how long a forming batch waits for partners.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Protocol, Sequence, TypeVar
+from typing import Hashable, Mapping, Protocol, Sequence, TypeVar
 
 
 class Batchable(Protocol):
@@ -59,3 +59,40 @@ def plan_pipeline_calls(jobs: Sequence[JobT], batch_size: int, *, fixed_batch: b
                 chunk += [chunk[-1]] * (batch_size - len(chunk))
             calls.append(PipelineCall(jobs=tuple(chunk), positions=positions))
     return calls
+
+
+def batch_wait_s(
+    *,
+    images_in_flight: int,
+    images_in_call: int,
+    call_elapsed_s: float | None,
+    call_seconds: Mapping[int, float],
+    batch_size: int,
+    cap_s: float,
+) -> float:
+    """How long a batch that starts forming now should wait for partners: only while the pipeline is busy.
+
+    An idle replica (nothing queued or running) starts at once: waiting for partners that may never
+    come would add the wait to every request of a quiet service. While the pipeline is busy, a new
+    batch cannot start before the running call and the batches already queued behind it are done, so
+    it collects partners until then, estimated from recent call durations, and never longer than
+    ``cap_s``.
+
+    ``images_in_flight``: images queued or in the pipeline (the newcomer not included);
+    ``images_in_call`` / ``call_elapsed_s``: the running call, if any (``None``: no call running);
+    ``call_seconds``: recent duration of a call by its number of images.
+    """
+    if images_in_flight == 0:
+        return 0.0
+    if call_elapsed_s is None or not call_seconds:
+        return cap_s  # images are queued for a call about to start, or no call has been timed yet
+
+    def expected(images: int) -> float:
+        nearest = min(call_seconds, key=lambda size: (abs(size - images), -size))
+        return call_seconds[nearest]
+
+    full_calls, rest = divmod(images_in_flight - images_in_call, batch_size)
+    busy_for = expected(images_in_call) - call_elapsed_s + full_calls * expected(batch_size)
+    if rest:
+        busy_for += expected(rest)
+    return min(max(busy_for, 0.0), cap_s)

@@ -39,7 +39,7 @@ from app.api import (
     parse_imagine_query,
     parse_openai_body,
 )
-from app.batching import plan_pipeline_calls
+from app.batching import batch_wait_s, plan_pipeline_calls
 from app.config import AppArgs, parse_app_args
 from app.encoding import EncoderSettings, encode_image
 
@@ -129,6 +129,11 @@ class SDXLService:
         self._failures_in_a_row = 0
         #: Images queued for or inside the pipeline; 0 means a new image would find the pipeline idle.
         self._images_in_flight = 0
+        #: perf_counter() when the running pipeline call began (None between calls), its image count, and
+        #: moving averages of call durations by image count: together, when the pipeline will be free.
+        self._call_started: float | None = None
+        self._images_in_call = 0
+        self._call_seconds: dict[int, float] = {}
         self.backend = None
 
         from app.backends import load_backend
@@ -316,13 +321,9 @@ class SDXLService:
     # Generation
 
     async def _render(self, parsed: GenerationRequest) -> list[GeneratedImage]:
-        # Wait for batch partners only while the pipeline is busy anyway. An idle replica starts at
-        # once: waiting batch_wait_timeout_s for partners that may never come would add that much to
-        # every request of a lightly loaded service, and under load the queue fills batches by itself.
         # serve.batch reads the timeout when a batch's first image reaches its queue; requests that
         # arrive together at an idle replica may still share a batch (the later ones see it busy).
-        idle = self._images_in_flight == 0
-        self._generate_batch.set_batch_wait_timeout_s(0.0 if idle else self.args.batch_wait_timeout_s)
+        self._generate_batch.set_batch_wait_timeout_s(self._batch_wait_s())
         self._images_in_flight += len(parsed.jobs)
         try:
             # One queue entry per image, so a request for n images shares batches with other requests.
@@ -335,12 +336,25 @@ class SDXLService:
                                code="generation_failed")
         return outcomes
 
+    def _batch_wait_s(self) -> float:
+        """How long a batch starting now waits for partners (see :func:`app.batching.batch_wait_s`)."""
+        elapsed = None if self._call_started is None else time.perf_counter() - self._call_started
+        return batch_wait_s(
+            images_in_flight=self._images_in_flight,
+            images_in_call=self._images_in_call,
+            call_elapsed_s=elapsed,
+            call_seconds=self._call_seconds,
+            batch_size=self.backend.batch_size,
+            cap_s=self.args.batch_wait_timeout_s,
+        )
+
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.05)
     async def _generate_batch(self, jobs: list[ImageJob]) -> list[GeneratedImage | Exception]:
         loop = asyncio.get_running_loop()
         outcomes: list[GeneratedImage | Exception | None] = [None] * len(jobs)
         for call in plan_pipeline_calls(jobs, self.backend.batch_size, fixed_batch=self.backend.fixed_batch):
-            started = time.perf_counter()
+            started = self._call_started = time.perf_counter()
+            self._images_in_call = len(call.positions)
             try:
                 images = await loop.run_in_executor(self._pipeline_thread, self.backend.generate, call.jobs)
             except Exception as error:  # noqa: BLE001 - reported per request as a 500, counted for health
@@ -349,8 +363,15 @@ class SDXLService:
                 for position in call.positions:
                     outcomes[position] = error
                 continue
+            finally:
+                self._call_started, self._images_in_call = None, 0
             self._failures_in_a_row = 0
-            elapsed_ms = round((time.perf_counter() - started) * 1000)
+            elapsed = time.perf_counter() - started
+            # A short memory (weight 0.3 for the newest call) follows load changes within a few calls.
+            size = len(call.jobs)
+            previous = self._call_seconds.get(size)
+            self._call_seconds[size] = elapsed if previous is None else 0.7 * previous + 0.3 * elapsed
+            elapsed_ms = round(elapsed * 1000)
             for position, image in zip(call.positions, images):
                 outcomes[position] = GeneratedImage(image, elapsed_ms, len(call.positions))
         return outcomes

@@ -112,10 +112,15 @@ def application_from_chart(values_file: Path) -> dict:
 
 def resolve_application(values_arg: str | None) -> tuple[dict, str]:
     values_file = find_scenario_file(values_arg)
+    if values_arg and not (values_file and values_file.is_file()):
+        raise SystemExit(f"--values {values_arg}: no such file")
     if values_file and values_file.is_file() and (REPO / "chart" / "Chart.yaml").is_file():
+        shown = values_file.relative_to(REPO) if values_file.is_relative_to(REPO) else values_file
         try:
-            return application_from_chart(values_file), f"serveConfigV2 rendered from chart/ with {values_file.relative_to(REPO)} (helm_python)"
-        except Exception as error:  # the chart is someone else's work in progress: say why, fall back
+            return application_from_chart(values_file), f"serveConfigV2 rendered from chart/ with {shown} (helm_python)"
+        except Exception as error:
+            if values_arg:  # asked for explicitly: measuring something else instead would mislead
+                raise SystemExit(f"the chart does not render with {shown}: {type(error).__name__}: {error}")
             reason = f"chart render failed: {type(error).__name__}: {error}"
     else:
         reason = "chart or its local scenario values file not found"

@@ -1,12 +1,14 @@
-"""Grouping queued images into pipeline calls: compatible only, bounded, padded for a fixed batch."""
+"""Grouping queued images into pipeline calls (compatible only, bounded, padded for a fixed batch), and
+how long a forming batch waits for partners."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.api import ImageJob
-from app.batching import partition_compatible, plan_pipeline_calls
+from app.batching import batch_wait_s, partition_compatible, plan_pipeline_calls
 
 
 def job(seed, steps=4, size=128, guidance=5.0, negative=None):
@@ -54,3 +56,36 @@ def test_every_job_is_answered_exactly_once_by_a_compatible_call_of_the_right_si
         assert len({j.batch_key for j in call.jobs}) == 1
         assert len(call.jobs) == batch_size if fixed else 1 <= len(call.jobs) <= batch_size
         assert all(call.jobs[i] == jobs[p] for i, p in enumerate(call.positions))
+
+
+def wait(**overrides) -> float:
+    state = dict(images_in_flight=0, images_in_call=0, call_elapsed_s=None, call_seconds={}, batch_size=4, cap_s=0.5)
+    state.update(overrides)
+    return batch_wait_s(**state)
+
+
+def test_a_batch_starting_at_an_idle_replica_does_not_wait():
+    assert wait(images_in_flight=0, call_seconds={1: 0.1}) == 0.0
+
+
+def test_a_batch_waits_until_the_running_call_is_expected_to_end():
+    assert wait(images_in_flight=2, images_in_call=2, call_elapsed_s=0.05, call_seconds={2: 0.2}) == pytest.approx(0.15)
+
+
+def test_a_batch_also_waits_for_the_calls_queued_ahead_of_it():
+    # A call of 4 has 0.05 s left; 5 more images wait: one full call (0.3 s) and one of 1 (0.1 s).
+    assert wait(images_in_flight=9, images_in_call=4, call_elapsed_s=0.25, call_seconds={1: 0.1, 4: 0.3},
+                cap_s=2.0) == pytest.approx(0.45)
+
+
+def test_the_wait_never_exceeds_the_cap_nor_goes_negative():
+    assert wait(images_in_flight=8, images_in_call=4, call_elapsed_s=0.0, call_seconds={4: 3.0}) == 0.5
+    assert wait(images_in_flight=1, images_in_call=1, call_elapsed_s=9.0, call_seconds={1: 0.1}) == 0.0
+
+
+def test_before_any_call_was_timed_a_busy_replica_waits_the_cap():
+    assert wait(images_in_flight=3, call_elapsed_s=None) == 0.5
+
+
+def test_an_untimed_call_size_is_estimated_from_the_nearest_timed_one():
+    assert wait(images_in_flight=3, images_in_call=3, call_elapsed_s=0.0, call_seconds={1: 0.1, 4: 0.4}) == pytest.approx(0.4)
