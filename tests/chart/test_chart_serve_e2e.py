@@ -4,8 +4,9 @@ The cpu-local scenario is rendered; its serveConfigV2 is deployed verbatim the w
 (PUT to the dashboard's /api/serve/applications/) on a local Ray node that advertises exactly the
 resources the rendered worker group advertises (rayStartParams.resources and the container's CPU
 limit). The only change to the rendered config is the Serve proxy's port: a free one instead of
-8000, because tests share this machine. Then Ray must have placed the replicas the chart promised
-for one node, a generation through Serve's proxy must return a PNG that decodes, the chart's
+8000, because tests share this machine (and so the web UI's api_url, which names that port). Then
+Ray must have placed the replicas the chart promised for one node, a generation through Serve's
+proxy must return a PNG that decodes, the web UI must serve its page under /ui, the chart's
 `helm test` script must pass against it, and the serveConfigV2 of `helm upgrade --set replicas=1`
 must rescale the running application in place.
 """
@@ -46,6 +47,14 @@ def wait_for(predicate, timeout_s: float, what: str):
     raise TimeoutError(f"{what} within {timeout_s}s (last error: {last!r})")
 
 
+def override_proxy_port(config: dict, port: int) -> None:
+    """The one change to the rendered serveConfigV2 (see the module docstring)."""
+    config["http_options"]["port"] = port
+    for application in config["applications"]:
+        if application["import_path"] == "app.ui:build_ui_app":
+            application["args"]["api_url"] = application["args"]["api_url"].replace(":8000/", f":{port}/")
+
+
 @pytest.fixture(scope="module")
 def rendered():
     return render(scenario="cpu-local")
@@ -60,7 +69,7 @@ def serve_on_a_rendered_node(rendered):
     node_cpus = int(rendered.worker_container["resources"]["limits"]["cpu"])
     config = copy.deepcopy(rendered.serve_config)
     proxy_port = free_port()
-    config["http_options"]["port"] = proxy_port  # the one override (see module docstring)
+    override_proxy_port(config, proxy_port)
     dashboard_port = free_port()
 
     # What the pod's environment provides on EKS (the model cache), here the shared embedded model.
@@ -95,14 +104,19 @@ def serve_on_a_rendered_node(rendered):
         wait_for(lambda: put(config, auth).status_code == 200, 90, "the dashboard did not accept the Serve config")
         refused_without_token = put(config, {}).status_code
 
-        def app_running():
-            status = serve.status().applications.get("sdxl")
-            if status is not None and status.status.value == "DEPLOY_FAILED":
-                raise AssertionError(f"deploy failed: {status.message}")
-            return status is not None and status.status.value == "RUNNING"
+        names = [application["name"] for application in config["applications"]]
 
-        wait_for(app_running, DEPLOY_TIMEOUT_S, "application sdxl did not reach RUNNING")
+        def apps_running():
+            statuses = serve.status().applications
+            for name in names:
+                status = statuses.get(name)
+                if status is not None and status.status.value == "DEPLOY_FAILED":
+                    raise AssertionError(f"deploy of {name} failed: {status.message}")
+            return all(name in statuses and statuses[name].status.value == "RUNNING" for name in names)
+
+        wait_for(apps_running, DEPLOY_TIMEOUT_S, f"applications {names} did not reach RUNNING")
         yield {
+            "root": f"http://127.0.0.1:{proxy_port}",
             "base": f"http://127.0.0.1:{proxy_port}/serve",
             "node_resources": node_resources,
             "refused_without_token": refused_without_token,
@@ -147,6 +161,16 @@ def test_imagine_through_serves_proxy_returns_a_png_that_decodes(rendered, serve
     assert f"{image.width}x{image.height}" == default_size == response.headers["x-image-size"]
 
 
+def test_the_web_ui_the_chart_deploys_serves_its_page_under_ui(rendered, serve_on_a_rendered_node):
+    # What ui.enabled renders, deployed verbatim: its page and Gradio config answer under /ui, built
+    # for that prefix (tests/ui drives the page itself in a browser).
+    root = serve_on_a_rendered_node["root"]
+    assert [app["name"] for app in rendered.serve_config["applications"]] == ["sdxl", "ui"]
+    page = httpx.get(f"{root}/ui/", timeout=60)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert httpx.get(f"{root}/ui/config", timeout=60).json()["root"] == f"{root}/ui"
+
+
 def test_the_helm_test_pod_script_passes_against_the_deployed_service(rendered, serve_on_a_rendered_node):
     container = rendered.one("Pod")["spec"]["containers"][0]
     env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
@@ -176,7 +200,7 @@ def test_helm_upgrade_of_replicas_rescales_serve_in_place(serve_on_a_rendered_no
 
     upgraded = render(set_values("replicas=1"), scenario="cpu-local", upgrade=True)
     config = copy.deepcopy(upgraded.serve_config)
-    config["http_options"]["port"] = serve_on_a_rendered_node["proxy_port"]
+    override_proxy_port(config, serve_on_a_rendered_node["proxy_port"])
     assert serve_on_a_rendered_node["redeploy"](config).status_code == 200
 
     def scaled_down():
