@@ -65,10 +65,16 @@ imagine_queries = st.one_of(
     ),
 )
 
+#: Integers no float can hold, and lone surrogates (JSON allows "\ud800" escapes; Python decodes them).
+BEYOND_FLOATS = (10**400, -(10**400), 2**1100)
+LONE_SURROGATES = ("\ud800", "a\udfff", "\udbff\ud800")
+
 json_leaf = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-(2**80), max_value=2**80),
+    st.sampled_from(BEYOND_FLOATS),
+    st.sampled_from(LONE_SURROGATES),
     st.floats(allow_nan=True, allow_infinity=True),
     nasty_text,
 )
@@ -84,7 +90,10 @@ def _object_with_pairs(pairs: list[tuple[str, object]]) -> bytes:
     return ("{" + ", ".join(members) + "}").encode("utf-8", "surrogatepass")
 
 
-json_pairs = st.lists(st.tuples(st.one_of(st.sampled_from(FIELDS), st.text(max_size=8)), json_value), max_size=8)
+json_pairs = st.lists(
+    st.tuples(st.one_of(st.sampled_from(FIELDS), st.text(max_size=8), st.sampled_from(LONE_SURROGATES)), json_value),
+    max_size=8,
+)
 json_bodies = st.one_of(
     json_pairs.map(_object_with_pairs),
     st.tuples(nasty_text, json_pairs).map(lambda p: _object_with_pairs([("prompt", p[0] or "x"), *p[1]])),
