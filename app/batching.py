@@ -78,21 +78,22 @@ def batch_wait_s(
     it collects partners until then, estimated from recent call durations, and never longer than
     ``cap_s``.
 
-    ``images_in_flight``: images queued or in the pipeline (the newcomer not included);
-    ``images_in_call`` / ``call_elapsed_s``: the running call, if any (``None``: no call running);
+    ``images_in_flight``: images queued for or inside the pipeline (the newcomer not included);
+    ``images_in_call`` / ``call_elapsed_s``: the running call (0 / ``None`` when none runs);
     ``call_seconds``: recent duration of a call by its number of images.
     """
     if images_in_flight == 0:
         return 0.0
-    if call_elapsed_s is None or not call_seconds:
-        return cap_s  # images are queued for a call about to start, or no call has been timed yet
+    if not call_seconds:
+        return cap_s  # busy, but no call has been timed yet
 
     def expected(images: int) -> float:
         nearest = min(call_seconds, key=lambda size: (abs(size - images), -size))
         return call_seconds[nearest]
 
+    busy_for = 0.0
+    if call_elapsed_s is not None:
+        busy_for += expected(images_in_call) - call_elapsed_s
     full_calls, rest = divmod(images_in_flight - images_in_call, batch_size)
-    busy_for = expected(images_in_call) - call_elapsed_s + full_calls * expected(batch_size)
-    if rest:
-        busy_for += expected(rest)
+    busy_for += full_calls * expected(batch_size) + (expected(rest) if rest else 0.0)
     return min(max(busy_for, 0.0), cap_s)

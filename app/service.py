@@ -127,8 +127,8 @@ class SDXLService:
         self._pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-pipeline")
         self._encoder_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sdxl-encode")
         self._failures_in_a_row = 0
-        #: Images queued for or inside the pipeline; 0 means a new image would find the pipeline idle.
-        self._images_in_flight = 0
+        #: id() of every image queued for or inside the pipeline; empty: a new image finds it idle.
+        self._pending_images: set[int] = set()
         #: perf_counter() when the running pipeline call began (None between calls), its image count, and
         #: moving averages of call durations by image count: together, when the pipeline will be free.
         self._call_started: float | None = None
@@ -324,12 +324,15 @@ class SDXLService:
         # serve.batch reads the timeout when a batch's first image reaches its queue; requests that
         # arrive together at an idle replica may still share a batch (the later ones see it busy).
         self._generate_batch.set_batch_wait_timeout_s(self._batch_wait_s())
-        self._images_in_flight += len(parsed.jobs)
+        ids = {id(job) for job in parsed.jobs}
+        self._pending_images |= ids
         try:
             # One queue entry per image, so a request for n images shares batches with other requests.
             outcomes = await asyncio.gather(*(self._generate_batch(job) for job in parsed.jobs))
         finally:
-            self._images_in_flight -= len(parsed.jobs)
+            # Normally gone already (each call removes its images as it ends); not if the client left
+            # and serve.batch dropped its images before they ran.
+            self._pending_images -= ids
         for outcome in outcomes:
             if isinstance(outcome, Exception):
                 raise ApiError(500, f"image generation failed: {type(outcome).__name__}: {outcome}",
@@ -340,7 +343,7 @@ class SDXLService:
         """How long a batch starting now waits for partners (see :func:`app.batching.batch_wait_s`)."""
         elapsed = None if self._call_started is None else time.perf_counter() - self._call_started
         return batch_wait_s(
-            images_in_flight=self._images_in_flight,
+            images_in_flight=len(self._pending_images),
             images_in_call=self._images_in_call,
             call_elapsed_s=elapsed,
             call_seconds=self._call_seconds,
@@ -365,6 +368,7 @@ class SDXLService:
                 continue
             finally:
                 self._call_started, self._images_in_call = None, 0
+                self._pending_images.difference_update(id(job) for job in call.jobs)
             self._failures_in_a_row = 0
             elapsed = time.perf_counter() - started
             # A short memory (weight 0.3 for the newest call) follows load changes within a few calls.

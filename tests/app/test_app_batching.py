@@ -87,5 +87,9 @@ def test_before_any_call_was_timed_a_busy_replica_waits_the_cap():
     assert wait(images_in_flight=3, call_elapsed_s=None) == 0.5
 
 
+def test_between_calls_a_batch_waits_for_the_batch_queued_to_run_next():
+    assert wait(images_in_flight=2, call_elapsed_s=None, call_seconds={2: 0.12}) == pytest.approx(0.12)
+
+
 def test_an_untimed_call_size_is_estimated_from_the_nearest_timed_one():
     assert wait(images_in_flight=3, images_in_call=3, call_elapsed_s=0.0, call_seconds={1: 0.1, 4: 0.4}) == pytest.approx(0.4)
