@@ -71,7 +71,15 @@ def test_dashboard_ingress_is_opt_in_on_its_own_host_with_a_loud_warning():
     assert ("ray.example.com", "/", "sdxl-head-svc", 8265) in ingress_backends(rendered)
     assert (None, "/serve", "sdxl-serve-svc", 8000) in ingress_backends(rendered)
     assert "WARNING: THE RAY DASHBOARD IS EXPOSED at http://ray.example.com/" in rendered.notes
-    assert "arbitrary code" in rendered.notes
+    assert "arbitrary code" in rendered.notes and "plain HTTP" in rendered.notes
+    dashboard = rendered.one("Ingress", "sdxl-dashboard")
+    assert "tls" not in dashboard["spec"]
+
+
+def test_dashboard_ingress_terminates_tls_when_given_a_certificate():
+    rendered = render({"dashboard": {"ingress": {"enabled": True, "host": "ray.example.com", "tlsSecretName": "ray-tls"}}})
+    assert rendered.one("Ingress", "sdxl-dashboard")["spec"]["tls"] == [{"hosts": ["ray.example.com"], "secretName": "ray-tls"}]
+    assert "EXPOSED at https://ray.example.com/" in rendered.notes and "plain HTTP" not in rendered.notes
 
 
 def all_containers(rendered) -> dict[str, dict]:
