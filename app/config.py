@@ -93,8 +93,8 @@ class AppArgs(BaseModel):
         ge=0.0,
         le=2.0,
         description=(
-            "How long a batch waits for compatible requests while the pipeline is busy; a request that "
-            "finds the replica idle starts at once."
+            "Longest a batch waits for compatible requests. It waits only while the pipeline is busy "
+            "anyway: a request that finds the replica idle starts at once."
         ),
     )
     neuron_cores_per_replica: int = Field(

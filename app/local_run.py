@@ -26,6 +26,8 @@ API_PREFIX = "/serve"
 UI_PREFIX = "/ui"
 README_PROMPT = "an astronaut is dancing on green grass, sunlit"
 #: Local defaults for the embedded model: its native size first, a few steps (it draws noise anyway).
+#: Serve's per-request time limit here: the chart's serve.requestTimeoutS default (a test keeps them equal).
+REQUEST_TIMEOUT_S = 300
 EMBEDDED_LOCAL_ARGS = {"image_sizes": ["128x128", "256x256", "64x64"], "default_steps": 20, "batch_size": 4}
 
 
@@ -151,8 +153,8 @@ def main(argv: list[str]) -> int:
     # (Ctrl-C shuts Serve down, which must not touch anybody else's applications).
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
-        # The chart's default serve.requestTimeoutS: no client waits forever behind a stuck generation.
-        serve.start(http_options={"host": cli.host, "port": cli.port, "request_timeout_s": 300})
+        # No client waits forever behind a stuck generation: past the limit Serve answers 408.
+        serve.start(http_options={"host": cli.host, "port": cli.port, "request_timeout_s": REQUEST_TIMEOUT_S})
         base = f"http://{'127.0.0.1' if cli.host in ('0.0.0.0', '::') else cli.host}:{cli.port}"
         serve.run(build_app(args), name="sdxl", route_prefix=API_PREFIX)
         wait_until_healthy(base + API_PREFIX + "/healthz")

@@ -354,8 +354,9 @@ def render_markdown(report: dict) -> str:
         "'batch (service)' is the mean X-Batch-Size our app reports: how many images shared the pipeline call "
         "that made each one (the seed design does not batch). "
         "`ours-nowait` is our app with the same args except `batch_wait_timeout_s: 0` (not the chart's scenario): "
-        "ours never waits when a replica is idle, and waits up to the batch timeout only while its pipeline is busy; "
-        "nowait never waits at all, which shows what that wait buys under load.",
+        "ours never waits when a replica is idle and, while its pipeline is busy, lets a forming batch collect "
+        "partners until the pipeline is expected to be free (at most the batch timeout); nowait never waits, "
+        "which shows what that wait buys under load.",
         "",
         "## Goals on this machine",
         "",

@@ -182,9 +182,12 @@ def test_deployment_options_come_from_values(default):
 
 
 def test_serve_proxy_listens_on_every_node_and_bounds_each_request_in_time(default):
+    from app.local_run import REQUEST_TIMEOUT_S
+
     config = default.serve_config
     assert config["proxy_location"] == "EveryNode"
     assert config["http_options"] == {"host": "0.0.0.0", "port": 8000, "request_timeout_s": 300}
+    assert REQUEST_TIMEOUT_S == 300  # the local run bounds requests as the chart does
     assert render({"serve": {"requestTimeoutS": 90}}).serve_config["http_options"]["request_timeout_s"] == 90
 
 
