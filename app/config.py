@@ -176,6 +176,22 @@ class AppArgs(BaseModel):
         return self.sizes[0]
 
 
+def looks_like_hub_id(model_id: str) -> bool:
+    """A Hub repo id ("org/name"), as opposed to ``embedded`` or a filesystem path."""
+    return model_id != EMBEDDED_MODEL and not model_id.startswith(("/", ".", "~")) and model_id.count("/") == 1
+
+
+def deployment_warnings(args: AppArgs) -> list[str]:
+    """Valid but risky settings, logged by each replica and listed by ``/info``."""
+    warnings = []
+    if args.backend == "neuron" and looks_like_hub_id(args.model_id) and not args.model_revision:
+        warnings.append(
+            f"model_revision is not set, so {args.model_id} loads from the Hub repo's default branch, which moves "
+            "when the model is re-exported for a newer Neuron SDK; pin the commit exported for this image's SDK"
+        )
+    return warnings
+
+
 class InvalidAppArgs(ValueError):
     """Raised by :func:`parse_app_args`; the message names every offending field."""
 

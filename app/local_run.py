@@ -61,7 +61,16 @@ def app_args_from_cli(cli: argparse.Namespace) -> dict:
 
 
 def port_is_free(host: str, port: int) -> bool:
+    """Whether Serve's proxy could listen on ``host:port`` now.
+
+    Serve's proxy binds with SO_REUSEADDR and SO_REUSEPORT (Ray 2.60: ray/serve/_private/proxy.py
+    SOCKET_REUSE_PORT_ENABLED, http_util.set_socket_reuse_port), so the connections of a server that
+    just stopped, lingering in TIME_WAIT on the port, do not stop it; they do stop a plain bind for a
+    minute. Binding with SO_REUSEADDR alone (SO_REUSEPORT would share the port with a live server)
+    fails only while something listens there.
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

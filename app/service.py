@@ -40,7 +40,7 @@ from app.api import (
     parse_openai_body,
 )
 from app.batching import batch_wait_s, plan_pipeline_calls
-from app.config import AppArgs, parse_app_args
+from app.config import AppArgs, deployment_warnings, parse_app_args
 from app.encoding import EncoderSettings, encode_image
 
 logger = logging.getLogger("ray.serve")
@@ -122,6 +122,9 @@ class SDXLService:
     def __init__(self, raw_args: dict):
         # Validated again here: the replica may run a different process than the controller.
         self.args = parse_app_args(raw_args)
+        self.warnings = deployment_warnings(self.args)
+        for warning in self.warnings:
+            logger.warning("SDXLService: %s", warning)
         self.api_key = read_api_key(self.args)
         self.encoder_settings = EncoderSettings.from_args(self.args)
         self._pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-pipeline")
@@ -153,7 +156,7 @@ class SDXLService:
                     self.args.backend, self.args.model_id, self.load_s, self.warmup_s)
 
     def _warm_up(self, backend) -> float:
-        # The first call compiles/initialises kernels (several times slower on Neuron): pay it before
+        # The first call initialises the runtime and loads the graphs (several times slower on Neuron): pay it before
         # the replica reports healthy, at the default size and steps (padded to the compiled batch on Neuron).
         width, height = self.args.default_size
         job = ImageJob("warm-up", None, 0, self.args.default_steps, self.args.default_guidance_scale, width, height)
@@ -244,11 +247,32 @@ class SDXLService:
                 "max_body_bytes": args.max_body_bytes,
                 "max_seed": 2**32 - 1,
             },
-            "fields": describe_fields(args),
+            "fields": self._describe_fields(),
             "backend_details": self.backend.details if self.backend else None,
+            "warnings": self.warnings,
             "load_s": self.load_s,
             "warmup_s": self.warmup_s,
         }
+
+    def _describe_fields(self) -> dict:
+        fields = describe_fields(self.args)
+        floor = self.backend.guidance_must_exceed if self.backend else None
+        if floor is not None:
+            for route_fields in fields.values():
+                route_fields["guidance_scale"]["exclusiveMinimum"] = floor
+        return fields
+
+    def _check_backend_rules(self, parsed: GenerationRequest) -> None:
+        """Rules of the loaded model that the deployment's args cannot know (e.g. a compiled Neuron batch)."""
+        floor = self.backend.guidance_must_exceed
+        if floor is not None and parsed.jobs[0].guidance_scale <= floor:
+            raise ApiError(
+                400,
+                f"'guidance_scale' must be greater than {floor:g} on this model (got {parsed.jobs[0].guidance_scale:g}): "
+                "its compiled batch runs only with classifier-free guidance",
+                param="guidance_scale",
+                code="out_of_range",
+            )
 
     def _authorize(self, request: Request) -> None:
         if self.api_key is None:
@@ -321,6 +345,7 @@ class SDXLService:
     # Generation
 
     async def _render(self, parsed: GenerationRequest) -> list[GeneratedImage]:
+        self._check_backend_rules(parsed)
         # serve.batch reads the timeout when a batch's first image reaches its queue; requests that
         # arrive together at an idle replica may still share a batch (the later ones see it busy).
         self._generate_batch.set_batch_wait_timeout_s(self._batch_wait_s())

@@ -82,3 +82,47 @@ def test_the_chart_ray_version_equals_the_pyproject_pin():
             found[f"{path.relative_to(REPO)}:{match.group(1)}"] = match.group(2)
     assert any(key.endswith(":rayVersion") for key in found), "the chart states no rayVersion"
     assert set(found.values()) == {ray_pin()}, found
+
+
+def run_steps() -> list[str]:
+    return [line for line in dockerfile_lines() if line.upper().startswith("RUN ")]
+
+
+def test_the_runtime_user_reuses_the_dlc_model_server_uid_instead_of_colliding_with_it():
+    # The DLC (deep-learning-containers 2.26.1, pytorch/inference/2.8.0/Dockerfile.neuronx) runs
+    # `useradd -m model-server` on ubuntu:22.04, which takes UID 1000: `useradd --uid 1000 ray` fails.
+    (step,) = [line for line in run_steps() if "useradd" in line or "usermod" in line]
+    assert "id -u model-server" in step and "usermod --login ray" in step
+    assert 'test "$(id -u ray):$(id -g ray)" = "${APP_UID}:${APP_UID}"' in step
+    args = dict(re.findall(r"^ARG (\w+)=(\S*)$", "\n".join(dockerfile_lines()), flags=re.M))
+    values = (CHART / "values.yaml").read_text()
+    assert re.search(rf"^  runAsUser: {args['APP_UID']}$", values, flags=re.M), "chart runAsUser != image APP_UID"
+
+
+def test_the_image_drops_what_the_dlc_leaves_for_torchserve():
+    lines = dockerfile_lines()
+    assert "HEALTHCHECK NONE" in lines  # the DLC polls TorchServe on :8080/ping
+    assert any(line.startswith("ENV ") and re.search(r"\bTEMP=/tmp\b", line) for line in lines)
+    assert lines[-2:] == ["ENTRYPOINT []", 'CMD ["bash"]']
+
+
+def test_the_image_does_not_pretend_replicas_compile():
+    # Replicas load only exported models (no export=True): a compile cache would be dead configuration.
+    assert "NEURON_COMPILE_CACHE_URL" not in DOCKERFILE.read_text()
+
+
+def test_the_build_imports_the_neuron_stack_for_real_and_checks_dependencies():
+    # `import optimum.neuron` is lazy (a _LazyModule) and imports neither torch_neuronx nor neuronxcc.
+    text = " ".join(run_steps())
+    assert "pip check" in text
+    assert "from optimum.neuron import NeuronStableDiffusionXLPipeline" in text
+    assert re.search(r"import [^\"]*\bneuronxcc\b", text) and re.search(r"import [^\"]*\btorch_neuronx\b", text)
+
+
+def test_the_documented_neuron_export_compiles_bf16_matmuls():
+    # optimum-cli without --auto_cast passes `--auto-cast none` to neuronx-cc: an fp32 model.
+    readme = (REPO / "README.md").read_text()
+    commands = re.findall(r"optimum-cli export neuron [^`\n]+", readme)
+    assert commands
+    for command in commands:
+        assert "--auto_cast matmul --auto_cast_type bf16" in command, command

@@ -26,6 +26,8 @@ class ImageBackend(Protocol):
     fixed_batch: bool
     #: Human-readable facts for ``/info`` (device, dtype, compiled shapes...).
     details: dict
+    #: ``guidance_scale`` must be greater than this for the loaded model (None: no rule of its own).
+    guidance_must_exceed: float | None
 
     def generate(self, jobs: Sequence[ImageJob]) -> list[Image]:
         """Blocking: one pipeline call for compatible jobs, one image per job, in order."""

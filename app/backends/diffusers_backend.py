@@ -39,6 +39,7 @@ def call_pipeline(pipeline, jobs: Sequence[ImageJob], **extra) -> list:
 
 class DiffusersBackend:
     fixed_batch = False
+    guidance_must_exceed = None
 
     def __init__(self, args: AppArgs, source: str):
         self.device = "cuda" if args.backend == "cuda" else "cpu"

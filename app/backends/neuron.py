@@ -1,29 +1,43 @@
 """neuron: optimum-neuron's ``NeuronStableDiffusionXLPipeline`` on Inferentia2 (imported only in the replica).
 
-Facts this adapter relies on (optimum-neuron 0.4.x, ``optimum/neuron/modeling_diffusion.py``):
+Facts this adapter relies on (optimum-neuron 0.4.5, ``optimum/neuron/modeling_diffusion.py`` unless named):
 
 * Ray exports ``NEURON_RT_VISIBLE_CORES`` for the replica's ``neuron_cores`` resource; the Neuron runtime
-  then sees only those cores. ``device_ids`` is ignored since 0.3; how the cores are used
-  (``data_parallel_mode``, e.g. the UNet on both cores of a pair for classifier-free guidance) comes
-  from the compiled model's config.
-* Batch size and image size are fixed at export. The pipeline ignores ``width``/``height`` and uses the
-  compiled ``static_height``/``static_width`` (latent units, times the VAE scale factor); the prompts per
-  call equal the text encoders' compiled ``batch_size``. Startup checks both against ``AppArgs`` and
-  refuses to serve a mismatch with a message naming the field.
-* A compiled model only runs on the Neuron SDK that compiled it: pin ``model_revision`` (the Hub repo keeps
-  one revision per SDK) or compile your own with ``optimum-cli export neuron``.
+  then sees only those cores. The SDXL UNet is loaded on visible cores 0 and 1 under
+  ``torch_neuronx.DataParallel`` (``data_parallel_mode`` "unet", chosen from the compiled config; there is
+  no ``device_ids`` argument), so a replica needs two cores.
+* A model must be exported (compiled) beforehand: ``from_pretrained`` without ``export=True`` refuses a
+  plain diffusers model ("Unable to identify neuron configuration", ``modeling_traced.py``). Batch size and
+  image size are fixed at export and read from the ``"neuron"`` dict of each component's config.json:
+  the text encoders' ``batch_size``, the UNet's ``static_height``/``static_width`` (latent units, times the
+  VAE scale factor). The pipeline ignores ``width``/``height`` and renders the compiled size.
+* Without dynamic batching (``dynamic_batch_size``, recorded at export) every call must carry exactly the
+  compiled batch; the planner pads. With it, any batch runs and nothing is padded.
+* Classifier-free guidance is on only when ``guidance_scale > 1``; then the UNet gets 2B latents, split
+  B per core. With guidance off it gets B latents, B/2 per core: without dynamic batching that matches
+  the compiled UNet batch only when it is 1 (one core then idles), so a compiled batch >= 2 needs
+  ``guidance_scale > 1``. optimum-neuron does not check this; :attr:`NeuronBackend.guidance_must_exceed`
+  makes the API refuse such requests with a 400 instead of a failing pipeline call.
+* ``compiler_version`` (the neuronx-cc that compiled the model) is recorded at export but never checked
+  when a diffusion pipeline loads; a model compiled by a newer compiler than the image's is refused here.
 * With a local directory (and ``HF_HUB_OFFLINE=1``) loading makes no Hub calls.
 * The first inference is several times slower than the next: the replica warms up before reporting healthy.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
 from app.api import ImageJob
 from app.backends.diffusers_backend import call_pipeline
 from app.config import AppArgs
+
+logger = logging.getLogger("ray.serve")
+
+#: optimum-neuron's message for a directory without compiled configs (modeling_traced._neuron_config_init).
+_NOT_COMPILED = "Unable to identify neuron configuration"
 
 
 def count_visible_cores(value: str) -> int:
@@ -51,9 +65,29 @@ def compiled_shape(pipeline) -> tuple[int, int, int]:
     return batch_size, int(static["static_width"]) * scale, int(static["static_height"]) * scale
 
 
-class NeuronBackend:
-    fixed_batch = True
+def release(version: str) -> tuple[int, ...]:
+    """The numeric release of a neuronx-cc version such as ``2.21.33363.0+82129205``."""
+    from packaging.version import Version
 
+    return Version(version).release
+
+
+def installed_compiler_version() -> str:
+    import neuronxcc
+
+    return neuronxcc.__version__
+
+
+def export_hint(args: AppArgs) -> str:
+    width, height = args.default_size
+    return (
+        "optimum-cli export neuron --model <sdxl model> "
+        f"--batch_size {args.batch_size} --height {height} --width {width} --num_images_per_prompt 1 "
+        "--auto_cast matmul --auto_cast_type bf16 <dir>"
+    )
+
+
+class NeuronBackend:
     def __init__(self, args: AppArgs, source: str):
         visible = os.environ.get("NEURON_RT_VISIBLE_CORES")
         if visible is None:
@@ -71,9 +105,24 @@ class NeuronBackend:
             )
         from optimum.neuron import NeuronStableDiffusionXLPipeline
 
-        self.pipeline = NeuronStableDiffusionXLPipeline.from_pretrained(source, revision=args.model_revision)
+        try:
+            self.pipeline = NeuronStableDiffusionXLPipeline.from_pretrained(source, revision=args.model_revision)
+        except ValueError as error:
+            if _NOT_COMPILED not in str(error):
+                raise
+            raise ValueError(
+                f"model_id {args.model_id!r} is not compiled for Neuron (its config.json files have no 'neuron' "
+                f"section) and replicas do not compile: export it first, e.g. `{export_hint(args)}`, then set "
+                "model_id to that directory (or a Hub repo holding such an export)"
+            ) from None
+        # optimum-neuron draws a tqdm bar on every call otherwise.
+        self.pipeline.set_progress_bar_config(disable=True)
+        static = self.pipeline.unet.config.neuron
+        self.compiler_version = static.get("compiler_version")
+        self._refuse_a_newer_compiler(args)
         batch_size, width, height = compiled_shape(self.pipeline)
-        if args.batch_size != batch_size:
+        self.dynamic_batch = bool(getattr(self.pipeline, "dynamic_batch_size", False))
+        if not self.dynamic_batch and args.batch_size != batch_size:
             raise ValueError(
                 f"batch_size is {args.batch_size} but {args.model_id} was compiled for batch size {batch_size}: "
                 f"set batch_size to {batch_size} or export the model again"
@@ -89,15 +138,45 @@ class NeuronBackend:
                 f"{args.model_id} was compiled with num_images_per_prompt={self.pipeline.num_images_per_prompt}; "
                 "export it with --num_images_per_prompt 1"
             )
-        self.batch_size = batch_size
+        data_parallel_mode = getattr(self.pipeline, "data_parallel_mode", None)
+        #: ``guidance_scale`` must be greater than this (None: any value the API allows).
+        self.guidance_must_exceed: float | None = None
+        if not self.dynamic_batch and data_parallel_mode in ("unet", "transformer") and batch_size >= 2:
+            self.guidance_must_exceed = 1.0
+            if args.default_guidance_scale <= 1.0:
+                raise ValueError(
+                    f"default_guidance_scale is {args.default_guidance_scale:g} but {args.model_id} (compiled batch "
+                    f"{batch_size}, no dynamic batching) runs only with classifier-free guidance: set "
+                    "default_guidance_scale above 1, or export with --dynamic-batch-size"
+                )
+        # A fixed compiled batch is padded; a dynamic one takes whatever compatible images are waiting.
+        self.fixed_batch = not self.dynamic_batch
+        self.batch_size = batch_size if self.fixed_batch else args.batch_size
         self.details = {
             "device": "neuron",
             "visible_cores": visible,
             "compiled_batch_size": batch_size,
             "compiled_size": f"{width}x{height}",
-            "data_parallel_mode": getattr(self.pipeline, "data_parallel_mode", None),
+            "dynamic_batch_size": self.dynamic_batch,
+            "data_parallel_mode": data_parallel_mode,
+            "compiler_version": self.compiler_version,
+            "installed_compiler_version": installed_compiler_version(),
         }
 
+    def _refuse_a_newer_compiler(self, args: AppArgs) -> None:
+        installed = installed_compiler_version()
+        if not self.compiler_version:
+            logger.warning("%s records no compiler_version; cannot check it against neuronx-cc %s",
+                           args.model_id, installed)
+            return
+        if release(self.compiler_version) > release(installed):
+            pinned = f"model_revision {args.model_revision!r}" if args.model_revision else "the default branch (no model_revision)"
+            raise ValueError(
+                f"{args.model_id} at {pinned} was compiled by neuronx-cc {self.compiler_version}, newer than this "
+                f"image's {installed}: set model_revision to the commit exported for this image's Neuron SDK, or "
+                "export the model with this image"
+            )
+
     def generate(self, jobs: Sequence[ImageJob]) -> list:
-        # Size comes from the compiled graph; the planner pads ``jobs`` to the compiled batch.
+        # Size comes from the compiled graph; the planner pads ``jobs`` to a fixed compiled batch.
         return call_pipeline(self.pipeline, jobs)

@@ -100,6 +100,18 @@ a random cluster suffix, so it is kept to 40 characters.
 {{- default .Release.Namespace .Values.namespace.name -}}
 {{- end -}}
 
+{{/*
+The karpenter.sh/nodepool the workers select. With karpenter.create the chart renders that NodePool and
+scopes its name to the release (two releases never fight over one NodePool); else it is the user's.
+*/}}
+{{- define "sdxl.workerNodePool" -}}
+{{- if and .Values.karpenter.create .Values.workers.nodePool -}}
+{{- printf "%s-%s" (include "sdxl.fullname" .) .Values.workers.nodePool | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- .Values.workers.nodePool -}}
+{{- end -}}
+{{- end -}}
+
 {{/* KubeRay's stable Serve Service of a RayService: survives cluster switches on upgrade. */}}
 {{- define "sdxl.serveService" -}}
 {{- printf "%s-serve-svc" (include "sdxl.fullname" .) -}}
@@ -190,6 +202,9 @@ serveConfigV2: the applications Serve runs. Everything here is applied in place 
   "target_ongoing_requests" .Values.autoscaling.targetOngoingRequests
   "upscale_delay_s" .Values.autoscaling.upscaleDelayS
   "downscale_delay_s" .Values.autoscaling.downscaleDelayS) -}}
+{{- if hasKey .Values.autoscaling "initialReplicas" -}}{{- if not (kindIs "invalid" .Values.autoscaling.initialReplicas) -}}
+{{- $_ := set $deployment.autoscaling_config "initial_replicas" (int .Values.autoscaling.initialReplicas) -}}{{- end -}}
+{{- end -}}
 {{- else -}}
 {{- $_ := set $deployment "num_replicas" (int .Values.replicas) -}}
 {{- end -}}
@@ -271,11 +286,23 @@ seccompProfile:
 {{- end }}
 {{- end -}}
 
+{{/*
+Mounts of a Ray container: dict "root" $ "rayLogs" bool "cache" bool. rayLogs mounts the bounded tmp
+volume at /tmp/ray as well, so KubeRay does not add its own unbounded "ray-logs" emptyDir there (it does
+on the head and the autoscaler sidecar, unless the path is already mounted).
+*/}}
 {{- define "sdxl.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- if .rayLogs }}
+- name: tmp
+  mountPath: /tmp/ray
+  subPath: ray
+{{- end }}
+{{- if .cache }}
 - name: cache
   mountPath: /cache
+{{- end }}
 {{- end -}}
 
 {{- define "sdxl.volumes" -}}

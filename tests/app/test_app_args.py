@@ -71,3 +71,18 @@ def test_the_builder_imports_without_the_model_stack():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_an_unpinned_hub_model_on_neuron_is_warned_about_and_nothing_else_is():
+    from app.config import deployment_warnings
+
+    unpinned = parse_app_args({"model_id": "aws-neuron/stable-diffusion-xl-base-1-0-1024x1024"})
+    (warning,) = deployment_warnings(unpinned)
+    assert "model_revision is not set" in warning and "default branch" in warning
+    for quiet in (
+        {"model_id": "aws-neuron/stable-diffusion-xl-base-1-0-1024x1024", "model_revision": "0123abc"},
+        {"model_id": "/models/sdxl"},
+        {"model_id": "embedded"},
+        {"model_id": "stabilityai/stable-diffusion-xl-base-1.0", "backend": "cpu"},
+    ):
+        assert deployment_warnings(parse_app_args(quiet)) == [], quiet

@@ -5,9 +5,10 @@ from __future__ import annotations
 from tests.chart.chartlib import render
 
 
-def test_notes_print_how_to_watch_the_rayservice_and_its_pods():
+def test_notes_print_how_to_watch_the_pods_and_wait_for_the_ready_condition():
     notes = render().notes
-    assert "kubectl -n sdxl get rayservice sdxl -w" in notes
+    # KubeRay's RayService condition type is "Ready" (rayservice_types.go), true with >= 1 Serve endpoint.
+    assert "kubectl -n sdxl wait --for=condition=Ready rayservice/sdxl --timeout=60m" in notes
     assert "kubectl -n sdxl get pods -l app.kubernetes.io/instance=sdxl -w" in notes
     assert "12 replicas of SDXLService, 2 NeuronCores each, 12 per node: 1 worker node(s)" in notes
 
@@ -38,7 +39,7 @@ def test_notes_print_helm_test_upgrade_and_a_local_only_dashboard_command():
     assert "helm upgrade sdxl ./chart -n sdxl --reset-then-reuse-values --set replicas=N" in notes
     assert "--reuse-values" not in notes.replace("--reset-then-reuse-values", "")
     assert "kubectl -n sdxl port-forward svc/sdxl-head-svc 8265:8265" in notes
-    assert "WARNING" not in notes
+    assert "WARNING" not in render({"model": {"revision": "0123abc"}}).notes
 
 
 def test_notes_describe_autoscaling_bounds_when_enabled():
@@ -96,5 +97,44 @@ def test_notes_run_helm_in_the_release_namespace_and_kubectl_in_the_created_one(
     notes = render({"namespace": {"create": True, "name": "sdxl-serving"}}, namespace="default").notes
     assert "helm test sdxl -n default" in notes
     assert "helm upgrade sdxl ./chart -n default --reset-then-reuse-values" in notes
-    assert "kubectl -n sdxl-serving get rayservice sdxl -w" in notes
+    assert "kubectl -n sdxl-serving wait --for=condition=Ready rayservice/sdxl" in notes
     assert "kubectl -n sdxl-serving patch raycluster $(kubectl -n sdxl-serving get rayservice sdxl" in notes
+
+
+def test_notes_give_the_exact_command_that_prints_the_ray_token():
+    # KubeRay names the token Secret after the RayCluster (raycluster_controller.go) with key auth_token.
+    notes = render().notes
+    assert (
+        "kubectl -n sdxl get secret $(kubectl -n sdxl get rayservice sdxl -o jsonpath='{.status.activeServiceStatus.rayClusterName}')"
+        " -o jsonpath='{.data.auth_token}' | base64 -d"
+    ) in notes
+    assert "auth_token" not in render({"rayCluster": {"authMode": "disabled"}}).notes
+
+
+def test_notes_warn_about_an_unpinned_hub_model_on_neuron_only():
+    warning = "WARNING: model.revision is empty"
+    assert warning in render().notes
+    assert "--set model.revision=<commit>" in render().notes
+    assert warning not in render({"model": {"revision": "v2"}}).notes
+    assert warning not in render(scenario="cpu-local").notes  # the embedded model
+    assert warning not in render({"model": {"id": "/models/sdxl", "download": False}}).notes
+
+
+def test_notes_say_that_tolerations_and_node_counts_alone_do_not_reach_a_running_cluster():
+    assert "(and, since 1.6, head/worker tolerations) out of its cluster hash" in render().notes
+
+
+def test_notes_warn_loudly_when_expiry_would_take_the_only_inf2_node_down():
+    karpenter = {"create": True, "clusterName": "c", "nodeRole": "r"}
+    expiring = render({"karpenter": {**karpenter, "expireAfter": "720h"}}).notes
+    assert "WARNING: karpenter.expireAfter=720h" in expiring
+    assert "a full outage every 720h" in expiring
+    spread = render({"karpenter": {**karpenter, "expireAfter": "720h", "surgeNodes": 2}, "workers": {"maxNodes": 2}, "replicas": 24}).notes
+    assert "WARNING: karpenter.expireAfter=720h" in spread and "full outage" not in spread
+    assert "karpenter.expireAfter" not in render({"karpenter": karpenter}).notes
+
+
+def test_notes_tell_how_to_let_karpenter_replace_drifted_nodes():
+    notes = render({"karpenter": {"create": True, "clusterName": "c", "nodeRole": "r"}}).notes
+    assert "Drifted nodes (e.g. a new AMI behind al2023@latest) are not replaced until you allow it" in notes
+    assert """--set-json 'karpenter.disruptionBudgets=[{"nodes":"1","reasons":["Drifted"]}]'""" in notes

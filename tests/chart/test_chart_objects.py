@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chart.chartlib import SCENARIOS, render
+from tests.chart.chartlib import SCENARIOS, render, render_error
 
 RAY_INTERNAL_PORTS = {6379, 8265, 10001}
 
@@ -122,7 +122,7 @@ def test_serve_traffic_skips_the_cpu_head():
 def test_autoscaler_sidecar_is_locked_down_and_has_requests():
     options = render().rayservice["spec"]["rayClusterConfig"]["autoscalerOptions"]
     head_volumes = {v["name"] for v in render().head_group["template"]["spec"]["volumes"]}
-    assert {m["mountPath"]: m["name"] for m in options["volumeMounts"]} == {"/tmp": "tmp"}
+    assert {m["mountPath"]: m["name"] for m in options["volumeMounts"]} == {"/tmp": "tmp", "/tmp/ray": "tmp"}
     assert "tmp" in head_volumes
     assert options["securityContext"]["allowPrivilegeEscalation"] is False
     assert options["securityContext"]["capabilities"] == {"drop": ["ALL"]}
@@ -141,6 +141,23 @@ def test_ray_writes_go_to_emptydir_volumes_under_a_read_only_root():
         assert env["HF_HOME"].startswith("/cache/")
         assert env["SDXL_EMBEDDED_MODEL_DIR"].startswith("/cache/")
         assert env["XDG_CACHE_HOME"] == "/cache"
+
+
+def test_kuberay_finds_tmp_ray_already_mounted_on_the_head_so_adds_no_unbounded_volume_there():
+    # KubeRay v1.7.0 (common/pod.go, BuildPod with the autoscaler on) adds an emptyDir "ray-logs" without
+    # a sizeLimit at /tmp/ray to the head's Ray container and to the autoscaler sidecar, unless that
+    # container already mounts /tmp/ray (addEmptyDir -> checkIfVolumeMounted).
+    for scenario in SCENARIOS:
+        rendered = render(scenario=scenario)
+        spec = rendered.head_group["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        containers = [rendered.head_container]
+        if rendered.rayservice["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"]:
+            containers.append(rendered.rayservice["spec"]["rayClusterConfig"]["autoscalerOptions"])
+        for container in containers:
+            mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp/ray")
+            assert volumes[mount["name"]]["emptyDir"]["sizeLimit"] == "20Gi", scenario
+            assert mount["subPath"] == "ray"
 
 
 def test_replicas_download_the_model_into_the_shared_cache_unless_told_to_use_the_image_only():
@@ -213,9 +230,32 @@ def test_karpenter_nodepool_provides_the_nodes_the_workers_select():
     assert pool["spec"]["template"]["spec"]["nodeClassRef"]["name"] == node_class["metadata"]["name"]
     # maxNodes=2 inf2.48xlarge plus karpenter.surgeNodes=1 for an upgrade's second cluster or a replacement node.
     assert pool["spec"]["limits"] == {"cpu": str(192 * 3), "memory": f"{768 * 3}Gi"}
-    assert pool["spec"]["template"]["spec"]["expireAfter"] == "720h"
+    # Expiry is forceful (no replacement first, no budget): never by default.
+    assert pool["spec"]["template"]["spec"]["expireAfter"] == "Never"
+    # A new AMI drifts every node; the default budget holds drift replacement back.
+    assert pool["spec"]["disruption"]["budgets"] == [{"nodes": "0", "reasons": ["Drifted"]}]
+    assert pool["metadata"]["name"] == "sdxl-inf2"  # scoped to the release
     assert node_class["spec"]["metadataOptions"]["httpTokens"] == "required"
     assert node_class["spec"]["subnetSelectorTerms"] == [{"tags": {"karpenter.sh/discovery": "my-eks-cluster"}}]
+
+
+def test_two_releases_render_different_karpenter_nodepools():
+    karpenter = {"karpenter": {"create": True, "clusterName": "c", "nodeRole": "r"}}
+    first = render(karpenter, name="sdxl").one("NodePool")["metadata"]["name"]
+    second = render(karpenter, name="sdxl-canary").one("NodePool")["metadata"]["name"]
+    assert first != second
+    assert render({"workers": {"nodePool": "shared-inf2"}}).worker_group["template"]["spec"]["nodeSelector"][
+        "karpenter.sh/nodepool"
+    ] == "shared-inf2"  # without karpenter.create the NodePool is the user's, used by name
+
+
+def test_disruption_budgets_are_passed_to_the_nodepool_or_left_to_karpenter_when_empty():
+    window = [{"nodes": "1", "reasons": ["Drifted"], "schedule": "0 3 * * sun", "duration": "2h"}]
+    karpenter = {"create": True, "clusterName": "c", "nodeRole": "r"}
+    pool = render({"karpenter": {**karpenter, "disruptionBudgets": window}}).one("NodePool")
+    assert pool["spec"]["disruption"]["budgets"] == window
+    assert "budgets" not in render({"karpenter": {**karpenter, "disruptionBudgets": []}}).one("NodePool")["spec"]["disruption"]
+    assert "duration" in render_error({"karpenter": {**karpenter, "disruptionBudgets": [{"nodes": "1", "schedule": "@daily"}]}})
 
 
 def matches(selector: dict, labels: dict) -> bool:

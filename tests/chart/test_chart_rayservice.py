@@ -86,14 +86,59 @@ def test_replicas_per_node_is_node_cores_divided_by_cores_per_replica(
     from tests.chart.chartlib import render_error
 
     message = render_error({**values, "replicas": replicas_per_node + 1})
-    assert f"{replicas_per_node} replicas each" in message
+    assert f"{replicas_per_node} replica{'' if replicas_per_node == 1 else 's'} each" in message
+
+
+# KubeRay v1.7.0, ray-operator/controllers/ray/utils/validation.go (ValidateRayClusterSpec): a group with
+# the top-level `resources` field must not also set any of these in rayStartParams.
+RAY_START_RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
+
+
+def kuberay_ray_start_resources(group_resources: dict) -> str:
+    """What KubeRay v1.7.0 writes into rayStartParams["resources"] for a group's `resources`
+    (common/pod.go updateRayStartParamsResources: quantities as floats, json.Marshal, wrapped in '...')."""
+    import json
+
+    custom = {name: float(quantity) for name, quantity in group_resources.items()
+              if name.lower() not in ("cpu", "memory") and not name.lower().endswith("gpu")}
+    # Go's json.Marshal writes a whole float64 without a fraction (24, not 24.0).
+    custom = {name: int(value) if value.is_integer() else value for name, value in custom.items()}
+    return "'" + json.dumps(custom, separators=(",", ":"), sort_keys=True) + "'"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_every_parser_on_the_way_to_ray_start_reads_the_same_neuron_cores(scenario):
+    import json
+    import shlex
+    from types import SimpleNamespace
+
+    from ray._private.utils import parse_resources_json
+
+    rendered = render(scenario=scenario)
+    group = rendered.worker_group
+    node_cores = int(group["resources"]["neuron_cores"])
+    # KubeRay refuses a group that declares resources both ways, so none may be in rayStartParams.
+    assert not set(RAY_START_RESOURCE_PARAMS) & group["rayStartParams"].keys()
+    # KubeRay's getResourcesMap (pod.go) trims quotes and parses JSON; it must succeed, or KubeRay logs
+    # "failed to add accelerator resources" for every worker pod and skips its accelerator detection.
+    written = kuberay_ray_start_resources(group["resources"])
+    assert json.loads(written.strip("'\"` ")) == {"neuron_cores": node_cores}
+    # convertParamMap emits --resources=<value>; bash removes the quotes; `ray start` parses JSON.
+    (argument,) = shlex.split(f"--resources={written}")
+    quiet = SimpleNamespace(error=lambda *a, **k: None, abort=lambda *a, **k: pytest.fail(f"ray start rejects {argument}"))
+    assert parse_resources_json(argument.removeprefix("--resources="), quiet, SimpleNamespace(bold=str)) == {
+        "neuron_cores": node_cores
+    }
+    # And the Ray autoscaler, which sizes new nodes from the group spec, sees the same number.
+    assert rendered.advertised_resources() == {"neuron_cores": node_cores}
 
 
 def test_head_group_runs_no_replica_and_sits_on_the_cpu_nodepool(default):
     head = default.head_group
     assert head["rayStartParams"]["num-cpus"] == "0"
     spec = head["template"]["spec"]
-    assert spec["nodeSelector"] == {"karpenter.sh/nodepool": "default"}
+    # amd64: the serving image (AWS's Neuron DLC) exists for x86-64 only.
+    assert spec["nodeSelector"] == {"karpenter.sh/nodepool": "default", "kubernetes.io/arch": "amd64"}
     assert not any(key.startswith("aws.amazon.com/") for key in default.head_container["resources"].get("limits", {}))
     assert "tolerations" not in spec
 
@@ -116,7 +161,7 @@ def test_workers_select_the_instance_type_and_karpenter_nodepool_and_tolerate_ne
 def test_nodepool_labels_are_configurable_and_can_be_dropped():
     rendered = render({"workers": {"nodePool": "neuron-pool"}, "head": {"nodePool": ""}})
     assert rendered.worker_group["template"]["spec"]["nodeSelector"]["karpenter.sh/nodepool"] == "neuron-pool"
-    assert "nodeSelector" not in rendered.head_group["template"]["spec"]
+    assert rendered.head_group["template"]["spec"]["nodeSelector"] == {"kubernetes.io/arch": "amd64"}
 
 
 def test_worker_node_counts_come_from_values(default):

@@ -5,7 +5,6 @@ server would accept: built-in kinds against the oldest and newest Kubernetes the
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import helm_python
@@ -22,6 +21,7 @@ from tests.chart.chartlib import (
     SCENARIO_DIR,
     SCENARIOS,
     SCHEMAS_DIR,
+    helm_binary,
     newest_kubernetes,
     render,
     scenario_values,
@@ -97,18 +97,42 @@ def test_namespace_is_rendered_only_when_asked_and_enforces_restricted_pod_secur
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
 
 
+def run_helm(*args: str, tmp_path) -> str:
+    """Run the real helm offline, with its config, cache and data kept out of $HOME."""
+    import os
+
+    env = {**os.environ, "HELM_CONFIG_HOME": str(tmp_path / "config"), "HELM_CACHE_HOME": str(tmp_path / "cache"),
+           "HELM_DATA_HOME": str(tmp_path / "data"), "KUBECONFIG": str(tmp_path / "no-kubeconfig")}
+    result = subprocess.run([helm_binary(), *args], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_helm_binary_renders_the_same_objects(scenario, tmp_path):
-    helm = shutil.which("helm")
-    if helm is None:
-        pytest.skip("no helm binary on PATH; rendering is covered by the Helm v4 SDK (helm-python-sdk)")
     values_file = SCENARIO_DIR / f"{scenario}-values.yaml"
-    result = subprocess.run(
-        [helm, "template", RELEASE, str(CHART_DIR), "-n", NAMESPACE, "-f", str(values_file)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    from_binary = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    stdout = run_helm("template", RELEASE, str(CHART_DIR), "-n", NAMESPACE, "-f", str(values_file), tmp_path=tmp_path)
+    from_binary = [doc for doc in yaml.safe_load_all(stdout) if doc]
     key = lambda doc: (doc["kind"], doc["metadata"]["name"])  # noqa: E731
     assert sorted(from_binary, key=key) == sorted(render(scenario=scenario).docs, key=key)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_binary_lints_the_scenario_strictly(scenario, tmp_path):
+    values_file = SCENARIO_DIR / f"{scenario}-values.yaml"
+    stdout = run_helm("lint", "--strict", str(CHART_DIR), "-n", NAMESPACE, "-f", str(values_file), tmp_path=tmp_path)
+    assert "1 chart(s) linted, 0 chart(s) failed" in stdout
+    assert "[WARNING]" not in stdout and "[ERROR]" not in stdout
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_helm_install_dry_run_prints_the_notes_the_tests_check(scenario, tmp_path):
+    values_file = SCENARIO_DIR / f"{scenario}-values.yaml"
+    stdout = run_helm("install", RELEASE, str(CHART_DIR), "-n", NAMESPACE, "-f", str(values_file), "--dry-run=client",
+                      tmp_path=tmp_path)
+    printed = stdout.split("NOTES:\n", 1)[1]
+    assert printed.strip() == render(scenario=scenario).notes.strip()
+
+
+def test_helm_binary_is_helm_4(tmp_path):
+    assert run_helm("version", "--short", tmp_path=tmp_path).startswith("v4.")

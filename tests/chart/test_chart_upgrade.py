@@ -1,10 +1,10 @@
 """Upgrade semantics: `helm upgrade --set replicas=...` or a new model id must change only
-serveConfigV2 (applied in place by Serve) and the worker group's replica counts. Those counts are
-left out of KubeRay's cluster hash, and with an equal hash KubeRay does nothing to the running
-RayCluster: a new workers.minNodes/maxNodes neither rebuilds nor reaches it (only a kubectl patch
-of the live RayCluster, which NOTES.txt prints, or the next cluster KubeRay builds, does). Any
-other change under rayClusterConfig makes KubeRay build a second cluster, i.e. twice the inf2
-nodes during the switch."""
+serveConfigV2 (applied in place by Serve) and fields KubeRay leaves out of its cluster hash (the worker
+group's replica counts; since KubeRay 1.6.0 also tolerations). With an equal hash KubeRay does nothing
+to the running RayCluster: a new workers.minNodes/maxNodes or toleration neither rebuilds nor reaches
+it (only a kubectl patch of the live RayCluster, which NOTES.txt prints, the next cluster KubeRay
+builds, or KubeRay copying the whole spec after an operator upgrade, does). Any other change under
+rayClusterConfig makes KubeRay build a second cluster, i.e. twice the inf2 nodes during the switch."""
 
 from __future__ import annotations
 
@@ -16,9 +16,21 @@ import yaml
 
 from tests.chart.chartlib import CHART_DIR, deep_merge, render, set_values
 
-# What KubeRay leaves out of its cluster hash (rayservice_controller: replicas, minReplicas,
-# maxReplicas and workersToDelete of every worker group are cleared before hashing).
+# What KubeRay v1.7.0 leaves out of its cluster hash (utils/util.go
+# GenerateHashWithoutReplicasAndWorkersToDelete): every worker group's replicas, minReplicas, maxReplicas
+# and workersToDelete; the head's and workers' pod tolerations and schedulingGates; upgradeStrategy.
 AUTOSCALER_OWNED = {"replicas", "minReplicas", "maxReplicas"}
+POD_SCHEDULING = {"tolerations", "schedulingGates"}
+
+
+def hash_excluded(path: tuple) -> bool:
+    """Whether KubeRay's cluster hash ignores a changed RayService path."""
+    config = ("spec", "rayClusterConfig")
+    if path[:3] == (*config, "workerGroupSpecs") and path[4] in AUTOSCALER_OWNED:
+        return True
+    in_head = path[:5] == (*config, "headGroupSpec", "template", "spec") and path[5] in POD_SCHEDULING
+    in_worker = path[:3] == (*config, "workerGroupSpecs") and path[4:6] == ("template", "spec") and path[6] in POD_SCHEDULING
+    return in_head or in_worker
 
 
 def flatten(value, path=()):
@@ -58,8 +70,7 @@ def assert_in_place(before, after):
         forbidden = sorted(
             ".".join(map(str, path))
             for path in changed_paths(old, new)
-            if path != ("spec", "serveConfigV2")
-            and not (path[:3] == ("spec", "rayClusterConfig", "workerGroupSpecs") and path[-1] in AUTOSCALER_OWNED)
+            if path != ("spec", "serveConfigV2") and not hash_excluded(path)
         )
         assert not forbidden, f"upgrade changed {forbidden}"
 
@@ -117,7 +128,7 @@ def test_autoscaling_bounds_change_without_rebuilding_the_cluster():
     ("expression", "changed"),
     [
         ("image.tag=0.2.0", "containers"),
-        ("workers.instanceType=inf2.24xlarge,replicas=6", "rayStartParams"),
+        ("workers.instanceType=inf2.24xlarge,replicas=6", "resources.neuron_cores"),
         ("workers.headroom.cpu=4", "resources"),
     ],
 )
@@ -160,11 +171,26 @@ def test_serve_level_values_leave_the_ray_cluster_spec_alone(expression):
     # Other objects may change (the UI adds an Ingress path); the Ray cluster must not be rebuilt.
     before, after = upgrade(expression)
     old, new = before.rayservice, after.rayservice
-    forbidden = [
-        path
-        for path in changed_paths(old, new)
-        if path != ("spec", "serveConfigV2")
-        and not (path[:3] == ("spec", "rayClusterConfig", "workerGroupSpecs") and path[-1] in AUTOSCALER_OWNED)
-    ]
+    forbidden = [path for path in changed_paths(old, new) if path != ("spec", "serveConfigV2") and not hash_excluded(path)]
     assert not forbidden
     assert before.serve_config != after.serve_config
+
+
+@pytest.mark.parametrize("group", ["head", "workers"])
+def test_a_tolerations_only_upgrade_changes_nothing_kuberay_1_6_hashes_so_it_is_not_applied(group):
+    # The honest reading: such an upgrade renders fine, but KubeRay leaves the running cluster as it is.
+    toleration = {"key": "dedicated", "operator": "Equal", "value": "sdxl", "effect": "NoSchedule"}
+    before = render()
+    after = render({group: {"tolerations": [toleration]}}, upgrade=True)
+    changed = changed_paths(before.rayservice, after.rayservice)
+    assert changed and all(hash_excluded(path) for path in changed)
+    assert "since 1.6, head/worker tolerations" in after.notes
+
+
+def test_the_upgrade_strategy_is_explicit_and_can_be_turned_off():
+    from tests.chart.chartlib import render_error
+
+    assert render().rayservice["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
+    assert render({"rayService": {"upgradeStrategy": "None"}}).rayservice["spec"]["upgradeStrategy"] == {"type": "None"}
+    # Incremental upgrades route through a Gateway API HTTPRoute this chart does not use.
+    assert "/rayService/upgradeStrategy" in render_error({"rayService": {"upgradeStrategy": "NewClusterWithIncrementalUpgrade"}})

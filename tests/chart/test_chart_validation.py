@@ -362,6 +362,21 @@ FAIL_RULES = [
         ["karpenter.surgeNodes=1 leaves the NodePool no room for the 2 node(s) the second Ray cluster", "raise karpenter.surgeNodes to at least 2"],
         id="karpenter surge below the second cluster",
     ),
+    pytest.param(
+        {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 12, "initialReplicas": 1}},
+        ["autoscaling.initialReplicas=1 is outside autoscaling.minReplicas..maxReplicas (2..12), which Serve refuses"],
+        id="initial replicas below the minimum",
+    ),
+    pytest.param(
+        {"dashboard": {"ingress": {"enabled": True, "host": "ray.example.com"}}, "networkPolicy": {"enabled": True}},
+        ["dashboard.ingress.enabled=true with networkPolicy.enabled=true", "502/504", "networkPolicy.dashboardFrom"],
+        id="dashboard ingress behind a policy that shuts its controller out",
+    ),
+    pytest.param(
+        {"head": {"nodeSelector": {"kubernetes.io/arch": "arm64"}}},
+        ["head.nodeSelector sets kubernetes.io/arch=arm64", "amd64 only"],
+        id="head on Graviton",
+    ),
 ]
 
 
@@ -398,6 +413,18 @@ def test_valid_edges_of_the_new_rules_render():
     # With an ALB, TLS needs no Secret.
     alb = render({"ingress": {"className": "alb", "host": "sdxl.example.com", "tls": {"enabled": True}}})
     assert alb.one("Ingress")["spec"]["tls"] == [{"hosts": ["sdxl.example.com"]}]
+
+
+def test_valid_edges_of_the_issue_8_rules_render():
+    at_max = render({"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 12, "initialReplicas": 12}})
+    assert at_max.sdxl_deployment["autoscaling_config"]["initial_replicas"] == 12
+    assert "initial_replicas" not in render({"autoscaling": {"enabled": True}}).sdxl_deployment["autoscaling_config"]
+    dashboard = {"enabled": True, "host": "ray.example.com"}
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+    rendered = render({"dashboard": {"ingress": dashboard}, "networkPolicy": {"enabled": True, "dashboardFrom": peers}})
+    assert "NetworkPolicy" in rendered.kinds()
+    amd64 = render({"head": {"nodeSelector": {"kubernetes.io/arch": "amd64"}}})
+    assert amd64.head_group["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"] == "amd64"
 
 
 def test_the_largest_valid_combination_renders():
