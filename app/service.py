@@ -68,6 +68,8 @@ class GeneratedImage:
     generation_ms: int
     #: Requested images the pipeline call made together with this one (itself included; padding not).
     batch_images: int
+    #: From the image's arrival in the replica to the start of the pipeline call that made it.
+    queue_wait_ms: int
 
 
 def route_path(scope: dict) -> str:
@@ -130,8 +132,9 @@ class SDXLService:
         self._pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-pipeline")
         self._encoder_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sdxl-encode")
         self._failures_in_a_row = 0
-        #: id() of every image queued for or inside the pipeline; empty: a new image finds it idle.
-        self._pending_images: set[int] = set()
+        #: id() of every image queued for or inside the pipeline -> perf_counter() of its arrival;
+        #: empty: a new image finds the pipeline idle.
+        self._pending_images: dict[int, float] = {}
         #: perf_counter() when the running pipeline call began (None between calls), its image count, and
         #: moving averages of call durations by image count: together, when the pipeline will be free.
         self._call_started: float | None = None
@@ -218,7 +221,7 @@ class SDXLService:
 
     def _healthz(self) -> Response:
         body = {"status": "ok" if self.healthy else "unavailable", "backend": self.args.backend,
-                "model_id": self.args.model_id}
+                "model_id": self.args.model_id, "images_in_flight": len(self._pending_images)}
         return JSONResponse(body, status_code=200 if self.healthy else 503)
 
     def info(self) -> dict:
@@ -295,6 +298,7 @@ class SDXLService:
                 "X-Seed": str(job.seed),
                 "X-Generation-Time-Ms": str(result.generation_ms),
                 "X-Batch-Size": str(result.batch_images),
+                "X-Queue-Wait-Ms": str(result.queue_wait_ms),
                 "X-Steps": str(job.steps),
                 "X-Guidance-Scale": f"{job.guidance_scale:g}",
                 "X-Image-Size": f"{job.width}x{job.height}",
@@ -350,14 +354,16 @@ class SDXLService:
         # arrive together at an idle replica may still share a batch (the later ones see it busy).
         self._generate_batch.set_batch_wait_timeout_s(self._batch_wait_s())
         ids = {id(job) for job in parsed.jobs}
-        self._pending_images |= ids
+        arrived = time.perf_counter()
+        self._pending_images.update(dict.fromkeys(ids, arrived))
         try:
             # One queue entry per image, so a request for n images shares batches with other requests.
             outcomes = await asyncio.gather(*(self._generate_batch(job) for job in parsed.jobs))
         finally:
             # Normally gone already (each call removes its images as it ends); not if the client left
             # and serve.batch dropped its images before they ran.
-            self._pending_images -= ids
+            for image_id in ids:
+                self._pending_images.pop(image_id, None)
         for outcome in outcomes:
             if isinstance(outcome, Exception):
                 raise ApiError(500, f"image generation failed: {type(outcome).__name__}: {outcome}",
@@ -383,6 +389,8 @@ class SDXLService:
         for call in plan_pipeline_calls(jobs, self.backend.batch_size, fixed_batch=self.backend.fixed_batch):
             started = self._call_started = time.perf_counter()
             self._images_in_call = len(call.positions)
+            waits_ms = [round((started - self._pending_images.get(id(jobs[position]), started)) * 1000)
+                        for position in call.positions]
             try:
                 images = await loop.run_in_executor(self._pipeline_thread, self.backend.generate, call.jobs)
             except Exception as error:  # noqa: BLE001 - reported per request as a 500, counted for health
@@ -393,7 +401,8 @@ class SDXLService:
                 continue
             finally:
                 self._call_started, self._images_in_call = None, 0
-                self._pending_images.difference_update(id(job) for job in call.jobs)
+                for job in call.jobs:
+                    self._pending_images.pop(id(job), None)
             self._failures_in_a_row = 0
             elapsed = time.perf_counter() - started
             # A short memory (weight 0.3 for the newest call) follows load changes within a few calls.
@@ -401,8 +410,8 @@ class SDXLService:
             previous = self._call_seconds.get(size)
             self._call_seconds[size] = elapsed if previous is None else 0.7 * previous + 0.3 * elapsed
             elapsed_ms = round(elapsed * 1000)
-            for position, image in zip(call.positions, images):
-                outcomes[position] = GeneratedImage(image, elapsed_ms, len(call.positions))
+            for position, image, wait_ms in zip(call.positions, images, waits_ms):
+                outcomes[position] = GeneratedImage(image, elapsed_ms, len(call.positions), wait_ms)
         return outcomes
 
     async def _encode(self, image, output_format: str, *, as_base64: bool = False) -> bytes | str:

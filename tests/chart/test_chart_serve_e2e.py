@@ -183,7 +183,7 @@ def test_the_helm_test_pod_script_passes_against_the_deployed_service(rendered, 
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "ok: generated a 128x128 PNG" in result.stdout
+    assert "ok: generated a 128x96 PNG" in result.stdout
 
 
 def test_the_dashboard_refuses_a_serve_deploy_without_the_clusters_token(serve_on_a_rendered_node):

@@ -8,6 +8,8 @@ Every refusal must be a 4xx in the documented error shape; anything accepted mus
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import urllib.parse
 
@@ -15,12 +17,14 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
-from tests.support.serve_cluster import api_application, fast_embedded_args, local_serve
+from tests.support.serve_cluster import TEST_SIZE, TEST_SIZE_TRANSPOSED, api_application, fast_embedded_args, local_serve
 
 pytestmark = pytest.mark.ray
 
 MAX_BODY_BYTES = 65536
+SERVED_SIZES = {TEST_SIZE, TEST_SIZE_TRANSPOSED}
 MAX_PROMPT_CHARS = 2000
 TIMEOUT_S = 60.0
 
@@ -32,7 +36,7 @@ FIELDS = (
 SPECIAL_STRINGS = (
     "", " ", "nan", "NaN", "-nan", "inf", "-Infinity", "1e309", "-1e309", "1e-400", "-1", "-0", "0", "4294967295",
     "4294967296", "18446744073709551617", "9" * 400, "0x10", "1_000", "１２", "true", "null", "[]", "{}", "1.5",
-    "128x128", "64x64", "0x0", "128X128", "99999x99999", "png", "jpeg", "webp", "gif", "PNG", "b64_json", "url",
+    "128x96", "96x128", "128x128", "0x0", "128X96", "99999x99999", "png", "jpeg", "webp", "gif", "PNG", "b64_json", "url",
     "\x00", "\r\nX-Injected: 1", "\u202e", "\ud7ff", "a" * (MAX_PROMPT_CHARS + 1), "☃" * 800,
 )
 
@@ -151,6 +155,17 @@ def assert_answer_is_sound(response: httpx.Response, what: str) -> None:
     assert "param" in error
 
 
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
+def assert_real_image(data: bytes, sizes: set[tuple[int, int]]) -> Image.Image:
+    """The bytes decode fully, in one of the service's formats, at one of its sizes."""
+    image = Image.open(io.BytesIO(data))
+    image.load()  # decodes every pixel: a truncated or garbled body raises here
+    assert image.format in MEDIA_TYPES and image.size in sizes, (image.format, image.size)
+    return image
+
+
 def assert_service_healthy(api: str, client: httpx.Client) -> None:
     health = client.get(f"{api}/healthz", timeout=5)
     assert health.status_code == 200 and health.json()["status"] == "ok"
@@ -164,8 +179,8 @@ def test_no_query_string_gets_a_server_error(api, client, query):
     response = client.get(f"{api}/imagine?{query}")
     assert_answer_is_sound(response, f"GET /imagine?{query[:200]}")
     if response.status_code == 200:
-        assert response.headers["content-type"].startswith("image/")
-        assert len(response.content) > 0
+        image = assert_real_image(response.content, SERVED_SIZES)
+        assert response.headers["content-type"] == MEDIA_TYPES[image.format]
 
 
 @given(body=json_bodies, content_type=content_types)
@@ -176,7 +191,9 @@ def test_no_request_body_gets_a_server_error(api, client, body, content_type):
     assert_answer_is_sound(response, f"POST {content_type!r} {body[:200]!r}")
     if response.status_code == 200:
         data = response.json()["data"]
-        assert data and all(item["b64_json"] for item in data)
+        assert data
+        for item in data:
+            assert_real_image(base64.b64decode(item["b64_json"], validate=True), SERVED_SIZES)
 
 
 @pytest.mark.parametrize(

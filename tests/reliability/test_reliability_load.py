@@ -19,7 +19,7 @@ from PIL import Image
 
 from bench import loadgen
 from bench.replicas import replica_processes
-from tests.support.serve_cluster import fast_embedded_args, local_serve
+from tests.support.serve_cluster import TEST_SIZE, fast_embedded_args, local_serve
 
 pytestmark = pytest.mark.ray
 
@@ -122,11 +122,11 @@ def test_successful_answers_under_load_are_complete_images(api):
     with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
         response = client.get(f"{api}/imagine", params={"prompt": "after the storm", "seed": 7})
         assert response.status_code == 200
-        assert Image.open(io.BytesIO(response.content)).size == (128, 128)
+        assert Image.open(io.BytesIO(response.content)).size == TEST_SIZE
         posted = client.post(f"{api}/v1/images/generations", json={"prompt": "after the storm", "n": 2})
         assert posted.status_code == 200
         images = [Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))) for item in posted.json()["data"]]
-        assert [image.size for image in images] == [(128, 128), (128, 128)]
+        assert [image.size for image in images] == [TEST_SIZE, TEST_SIZE]
 
 
 def test_replica_memory_grows_less_than_ten_percent_from_warm_up_to_end(load_run):

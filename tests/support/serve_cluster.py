@@ -28,7 +28,8 @@ Public API (kept small; the UI, chart and reliability tests import it):
     configured copy of the API at another route prefix).
 
 ``fast_embedded_args(**overrides)``
-    App args for the embedded model that keep each generation ~0.1-0.3 s on a shared CPU.
+    App args for the embedded model that keep each generation ~0.1-0.3 s on a shared CPU; its sizes
+    (``TEST_SIZE``, ``TEST_SIZE_TRANSPOSED``) are not square.
 
 ``embedded_model_dir()``
     The embedded model, generated once under ``<repo>/.cache/`` (git-ignored) and shared by all tests.
@@ -48,6 +49,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: ``fast_embedded_args``' default size and its transpose, as (width, height).
+TEST_SIZE = (128, 96)
+TEST_SIZE_TRANSPOSED = (96, 128)
 API_APP_NAME = "sdxl"
 API_ROUTE_PREFIX = "/serve"
 
@@ -81,7 +85,8 @@ def fast_embedded_args(**overrides) -> dict:
     args = {
         "model_id": "embedded",
         "backend": "cpu",
-        "image_sizes": ["128x128", "64x64"],
+        # Not square, and each the other's transpose: a width/height mix-up anywhere gives the wrong image.
+        "image_sizes": ["128x96", "96x128"],
         "default_steps": 4,
         "max_steps": 50,
         "batch_size": 4,

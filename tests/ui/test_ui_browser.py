@@ -147,16 +147,16 @@ def _wait_for_result(page) -> tuple[int, str]:
 
 def test_client_reads_sizes_limits_and_defaults_from_the_real_info(service):
     info = fetch_info(service)
-    assert info.image_sizes == ("128x128", "64x64")
+    assert info.image_sizes == ("128x96", "96x128")
     assert (info.default_steps, info.max_steps, info.max_prompt_chars) == (4, 50, MAX_PROMPT_CHARS)
     assert info.model_id == "embedded" and info.backend == "cpu"
 
 
 def test_the_same_seed_gives_the_same_image_and_another_seed_does_not(service):
-    request = GenerationRequest(prompt="a lighthouse at dusk", seed=31337, steps=3, size="64x64", output_format="png")
+    request = GenerationRequest(prompt="a lighthouse at dusk", seed=31337, steps=3, size="96x128", output_format="png")
     first, again = generate(service, request), generate(service, request)
     other = generate(service, GenerationRequest(**{**request.__dict__, "seed": 31338}))
-    assert first.seed == again.seed == 31337 and first.size == "64x64"
+    assert first.seed == again.seed == 31337 and first.size == "96x128"
     assert first.image == again.image
     assert other.image != first.image
 
@@ -182,14 +182,16 @@ def test_page_generates_an_image_and_shows_the_seed_and_time(page, service):
     _open(page, f"{service.root}/ui/")
     # The controls follow /info once the page has loaded.
     assert "embedded" in page.inner_text("#service-info")
-    assert page.locator("#size input").first.input_value() == "128x128"
+    assert page.locator("#size input").first.input_value() == "128x96"
     _generate(page, "an astronaut is dancing on green grass, sunlit")
     seed, src = _wait_for_result(page)
     _screenshot(page, "ui-generate.png")  # before the assertions, so a failing run leaves one too
 
     assert 0 <= seed <= 2**32 - 1
-    # 128x128 is the first configured size, so the default.
-    assert page.evaluate("() => document.querySelector('#result-image img').naturalWidth") == 128
+    # 128x96 is the first configured size, so the default: the decoded image is that wide and that high.
+    natural = page.evaluate("() => [document.querySelector('#result-image img').naturalWidth, "
+                            "document.querySelector('#result-image img').naturalHeight]")
+    assert natural == [128, 96]
     assert re.fullmatch(r"[0-9]+\.[0-9]{2} s", _value(page, "generation-time"))
     assert f"seed {seed}" in page.inner_text("#status")
     # Under the /ui route prefix every asset and API call of the page must resolve (Gradio's root_path).
