@@ -1,8 +1,9 @@
-"""HTTP request fields, parsing and the error shape: HTTP ↔ typed :class:`ImageJob` list.
+"""Request fields and parsing: HTTP query strings and JSON bodies ↔ typed :class:`~app.jobs.ImageJob` lists.
 
-Every request field is declared once in :data:`REQUEST_FIELDS` (type, bounds, description); the same
-table parses ``GET /imagine`` query strings and ``POST /v1/images/generations`` JSON bodies and is
-published by ``GET /info`` so clients (the UI) build their controls from it.
+Every request field is declared once in :data:`REQUEST_FIELDS` (type, bounds, default, description);
+the same table parses ``GET /imagine`` query strings and ``POST /v1/images/generations`` JSON bodies,
+and :func:`request_schema` publishes it as JSON Schema on ``GET /info``, from which clients (the UI)
+build their controls.
 
 Pure Python: no torch, no Ray; unit-testable without a cluster.
 """
@@ -13,60 +14,25 @@ import math
 import re
 import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
-from app.config import AppArgs, parse_size
+from app.config import MEDIA_TYPES, AppArgs, parse_size
+from app.http import ApiError
+from app.jobs import GenerationRequest, ImageJob
 
 MAX_SEED = 2**32 - 1
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 
 #: OpenAI Images API options this service accepts but ignores (every OpenAI client sends ``model``).
 IGNORED_OPENAI_FIELDS = frozenset({"model", "user"})
 
 
-class ApiError(Exception):
-    """An HTTP error with the service's JSON error body.
+@dataclass(frozen=True)
+class Rules:
+    """What bounds a request: the deployment's args, and what the loaded model adds to them."""
 
-    ``param`` names the offending field (or ``None``), ``code`` is a stable machine-readable reason.
-    """
-
-    TYPES = {
-        400: "invalid_request_error",
-        401: "authentication_error",
-        404: "invalid_request_error",
-        405: "invalid_request_error",
-        413: "invalid_request_error",
-        415: "invalid_request_error",
-        500: "server_error",
-        503: "service_unavailable",
-    }
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str,
-        headers: Mapping[str, str] | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.TYPES.get(self.status, "invalid_request_error"),
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    args: AppArgs
+    #: ``guidance_scale`` must be greater than this on the loaded model (a compiled Neuron batch >= 2).
+    guidance_must_exceed: float | None = None
 
 
 def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
@@ -103,35 +69,41 @@ _QUERY_FLOAT = re.compile(
 # The field table
 
 
+_JSON_TYPES = {str: "string", int: "integer", float: "number"}
+
+
 @dataclass(frozen=True)
 class RequestField:
-    """One request field: its type, bounds (which may depend on the deployment's args) and meaning."""
+    """One request field: its type, bounds (which may depend on the deployment) and meaning."""
 
     name: str
     kind: type  # str, int or float
     description: str
     #: Inclusive (min, max) for numbers, or (min_len, max_len) for strings; ``None`` = unbounded.
-    bounds: Callable[[AppArgs], tuple[float, float]] | None = None
+    bounds: Callable[[Rules], tuple[float, float]] | None = None
+    #: A value the field must be greater than (given the loaded model), with the reason; None = no such rule.
+    exceeds: Callable[[Rules], tuple[float, str] | None] | None = None
     #: Allowed values for enumerations (given the deployment's args).
-    choices: Callable[[AppArgs], tuple[str, ...]] | None = None
+    choices: Callable[[Rules], tuple[str, ...]] | None = None
     #: The value used when the request omits the field (``None`` = absent / chosen at random).
-    default: Callable[[AppArgs], Any] | None = None
+    default: Callable[[Rules], Any] | None = None
     required: bool = False
 
-    def describe(self, args: AppArgs) -> dict:
-        """The field as ``/info`` publishes it."""
-        described: dict[str, Any] = {"type": self.kind.__name__, "description": self.description}
-        if self.required:
-            described["required"] = True
+    def json_schema(self, rules: Rules) -> dict:
+        """The field as JSON Schema (what ``/info`` publishes)."""
+        schema: dict[str, Any] = {"type": _JSON_TYPES[self.kind], "description": self.description}
         if self.bounds:
-            low, high = self.bounds(args)
-            keys = ("min_length", "max_length") if self.kind is str else ("minimum", "maximum")
-            described.update(zip(keys, (low, high)))
+            low, high = self.bounds(rules)
+            keys = ("minLength", "maxLength") if self.kind is str else ("minimum", "maximum")
+            schema.update(zip(keys, (low, high)))
+        floor = self.exceeds(rules) if self.exceeds else None
+        if floor:
+            schema["exclusiveMinimum"] = floor[0]
         if self.choices:
-            described["enum"] = list(self.choices(args))
+            schema["enum"] = list(self.choices(rules))
         if self.default:
-            described["default"] = self.default(args)
-        return described
+            schema["default"] = self.default(rules)
+        return schema
 
     def coerce(self, raw: Any, *, from_query: bool) -> Any:
         """Turn a query string or a JSON value into ``kind``; raise :class:`ApiError` naming the field."""
@@ -167,10 +139,10 @@ class RequestField:
             raise invalid(self.name, f"'{self.name}' must be a finite number", "invalid_value")
         return value
 
-    def check(self, value: Any, args: AppArgs) -> Any:
+    def check(self, value: Any, rules: Rules) -> Any:
         """Apply bounds and choices to a coerced value."""
         if self.bounds:
-            low, high = self.bounds(args)
+            low, high = self.bounds(rules)
             if self.kind is str:
                 if not low <= len(value) <= high:
                     if len(value) < low:
@@ -185,8 +157,15 @@ class RequestField:
                     f"'{self.name}' must be between {shown_number(low)} and {shown_number(high)}, got {shown_number(value)}",
                     "out_of_range",
                 )
+        floor = self.exceeds(rules) if self.exceeds else None
+        if floor and not value > floor[0]:
+            raise invalid(
+                self.name,
+                f"'{self.name}' must be greater than {shown_number(floor[0])} on this model (got {shown_number(value)}): {floor[1]}",
+                "out_of_range",
+            )
         if self.choices:
-            allowed = self.choices(args)
+            allowed = self.choices(rules)
             if value not in allowed:
                 raise invalid(
                     self.name, f"'{self.name}' must be one of {', '.join(allowed)}; got {quoted(value)}", "unsupported_value"
@@ -198,54 +177,53 @@ def _article(kind: type) -> str:
     return "an integer" if kind is int else "a number"
 
 
-def _widths(args: AppArgs) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(str(w) for w, _ in args.sizes))
-
-
-def _heights(args: AppArgs) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(str(h) for _, h in args.sizes))
+def _guidance_floor(rules: Rules) -> tuple[float, str] | None:
+    if rules.guidance_must_exceed is None:
+        return None
+    return rules.guidance_must_exceed, "its compiled batch runs only with classifier-free guidance"
 
 
 _FIELDS = [
-    RequestField("prompt", str, "What to draw.", bounds=lambda a: (1, a.max_prompt_chars), required=True),
-    RequestField("negative_prompt", str, "What to avoid.", bounds=lambda a: (0, a.max_prompt_chars)),
+    RequestField("prompt", str, "What to draw.", bounds=lambda r: (1, r.args.max_prompt_chars), required=True),
+    RequestField("negative_prompt", str, "What to avoid.", bounds=lambda r: (0, r.args.max_prompt_chars)),
     RequestField(
         "seed", int, "Random seed; the same seed and settings give the same image. Random when absent.",
-        bounds=lambda a: (0, MAX_SEED),
+        bounds=lambda r: (0, MAX_SEED),
     ),
     RequestField(
         "steps", int, "Denoising steps (more: slower, finer).",
-        bounds=lambda a: (1, a.max_steps), default=lambda a: a.default_steps,
+        bounds=lambda r: (1, r.args.max_steps), default=lambda r: r.args.default_steps,
     ),
     RequestField(
         "guidance_scale", float, "How strongly the image follows the prompt (classifier-free guidance).",
-        bounds=lambda a: (0.0, a.max_guidance_scale), default=lambda a: a.default_guidance_scale,
+        bounds=lambda r: (0.0, r.args.max_guidance_scale), exceeds=_guidance_floor,
+        default=lambda r: r.args.default_guidance_scale,
     ),
     RequestField(
-        "width", int, "Image width in pixels (GET /imagine; one of the configured sizes).",
-        bounds=lambda a: (min(w for w, _ in a.sizes), max(w for w, _ in a.sizes)),
-        default=lambda a: a.default_size[0],
+        "width", int, "Image width in pixels (GET /imagine; with height, one of the configured sizes).",
+        bounds=lambda r: (min(w for w, _ in r.args.sizes), max(w for w, _ in r.args.sizes)),
+        default=lambda r: r.args.default_size[0],
     ),
     RequestField(
-        "height", int, "Image height in pixels (GET /imagine; one of the configured sizes).",
-        bounds=lambda a: (min(h for _, h in a.sizes), max(h for _, h in a.sizes)),
-        default=lambda a: a.default_size[1],
+        "height", int, "Image height in pixels (GET /imagine; with width, one of the configured sizes).",
+        bounds=lambda r: (min(h for _, h in r.args.sizes), max(h for _, h in r.args.sizes)),
+        default=lambda r: r.args.default_size[1],
     ),
     RequestField(
         "size", str, "'WIDTHxHEIGHT' (POST /v1/images/generations; one of the configured sizes).",
-        choices=lambda a: a.image_sizes, default=lambda a: a.image_sizes[0],
+        choices=lambda r: r.args.image_sizes, default=lambda r: r.args.image_sizes[0],
     ),
     RequestField(
         "output_format", str, "Image encoding.",
-        choices=lambda a: OUTPUT_FORMATS, default=lambda a: a.default_output_format,
+        choices=lambda r: tuple(MEDIA_TYPES), default=lambda r: r.args.default_output_format,
     ),
     RequestField(
         "n", int, "Number of images (POST /v1/images/generations); image i uses seed + i.",
-        bounds=lambda a: (1, a.max_images_per_request), default=lambda a: 1,
+        bounds=lambda r: (1, r.args.max_images_per_request), default=lambda r: 1,
     ),
     RequestField(
         "response_format", str, "Only 'b64_json' (the service stores no images, so it has no URLs to return).",
-        choices=lambda a: ("b64_json",), default=lambda a: "b64_json",
+        choices=lambda r: ("b64_json",), default=lambda r: "b64_json",
     ),
 ]
 
@@ -258,61 +236,27 @@ OPENAI_FIELDS = _COMMON + ("n", "size", "response_format")
 
 
 # --------------------------------------------------------------------------------------------------
-# Typed requests
+# Parsing
 
 
-@dataclass(frozen=True)
-class ImageJob:
-    """One image to generate. Jobs with equal :attr:`batch_key` can share a pipeline call."""
-
-    prompt: str
-    negative_prompt: str | None
-    seed: int
-    steps: int
-    guidance_scale: float
-    width: int
-    height: int
-
-    @property
-    def batch_key(self) -> tuple:
-        # A pipeline call has one step count, size and guidance scale. Jobs with and without a
-        # negative prompt are kept apart too: SDXL uses zero embeddings for "no negative prompt" but
-        # encodes "" for an empty one, so mixing them would change the image a seed produces.
-        return (self.width, self.height, self.steps, self.guidance_scale, self.negative_prompt is not None)
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """A validated request: the images to make and how to encode them."""
-
-    jobs: tuple[ImageJob, ...]
-    output_format: str
-
-
-def _collect(
-    values: Mapping[str, Any], allowed: tuple[str, ...], args: AppArgs, *, from_query: bool
-) -> dict[str, Any]:
+def _collect(values: dict[str, Any], allowed: tuple[str, ...], rules: Rules, *, from_query: bool) -> dict[str, Any]:
     """Coerce and check every given field of ``allowed``; fill defaults for absent ones."""
     parsed: dict[str, Any] = {}
     for name in allowed:
         spec = REQUEST_FIELDS[name]
         if name in values and values[name] is not None:
-            parsed[name] = spec.check(spec.coerce(values[name], from_query=from_query), args)
+            parsed[name] = spec.check(spec.coerce(values[name], from_query=from_query), rules)
         elif spec.required:
             raise invalid(name, f"'{name}' is required", "missing_value")
         elif spec.default:
-            parsed[name] = spec.default(args)
+            parsed[name] = spec.default(rules)
     if not parsed["prompt"].strip():
         raise invalid("prompt", "'prompt' must contain more than whitespace", "missing_value")
     return parsed
 
 
-def _seed(parsed: dict) -> int:
-    return parsed["seed"] if "seed" in parsed else secrets.randbelow(MAX_SEED + 1)
-
-
 def _jobs(parsed: dict, width: int, height: int, count: int) -> tuple[ImageJob, ...]:
-    first_seed = _seed(parsed)
+    first_seed = parsed["seed"] if "seed" in parsed else secrets.randbelow(MAX_SEED + 1)
     return tuple(
         ImageJob(
             prompt=parsed["prompt"],
@@ -328,7 +272,7 @@ def _jobs(parsed: dict, width: int, height: int, count: int) -> tuple[ImageJob, 
     )
 
 
-def parse_imagine_query(query: list[tuple[str, str]], args: AppArgs) -> GenerationRequest:
+def parse_imagine_query(query: list[tuple[str, str]], rules: Rules) -> GenerationRequest:
     """Validate ``GET /imagine``'s query string (as a list of key/value pairs)."""
     values: dict[str, str] = {}
     for key, value in query:
@@ -338,19 +282,19 @@ def parse_imagine_query(query: list[tuple[str, str]], args: AppArgs) -> Generati
         if key in values:
             raise invalid(key, f"query parameter '{key}' is given more than once", "duplicate_parameter")
         values[key] = value
-    parsed = _collect(values, IMAGINE_FIELDS, args, from_query=True)
+    parsed = _collect(values, IMAGINE_FIELDS, rules, from_query=True)
     size = (parsed["width"], parsed["height"])
-    if size not in args.sizes:
+    if size not in rules.args.sizes:
         param = "width" if "width" in values or "height" not in values else "height"
         raise invalid(
             param,
-            f"size {size[0]}x{size[1]} is not served; 'width'x'height' must be one of {', '.join(args.image_sizes)}",
+            f"size {size[0]}x{size[1]} is not served; 'width'x'height' must be one of {', '.join(rules.args.image_sizes)}",
             "unsupported_value",
         )
     return GenerationRequest(jobs=_jobs(parsed, *size, count=1), output_format=parsed["output_format"])
 
 
-def parse_openai_body(body: Any, args: AppArgs) -> GenerationRequest:
+def parse_openai_body(body: Any, rules: Rules) -> GenerationRequest:
     """Validate a ``POST /v1/images/generations`` JSON body (already decoded)."""
     if not isinstance(body, dict):
         raise invalid(None, "the request body must be a JSON object", "invalid_json")
@@ -364,14 +308,27 @@ def parse_openai_body(body: Any, args: AppArgs) -> GenerationRequest:
     for key in IGNORED_OPENAI_FIELDS & body.keys():
         if body[key] is not None and not isinstance(body[key], str):
             raise invalid(key, f"'{key}' must be a string", "invalid_type")
-    parsed = _collect(body, OPENAI_FIELDS, args, from_query=False)
+    parsed = _collect(body, OPENAI_FIELDS, rules, from_query=False)
     width, height = parse_size(parsed["size"])
     return GenerationRequest(jobs=_jobs(parsed, width, height, count=parsed["n"]), output_format=parsed["output_format"])
 
 
-def describe_fields(args: AppArgs) -> dict:
-    """The field table as ``/info`` publishes it, per route."""
+# --------------------------------------------------------------------------------------------------
+# Publishing
+
+
+def _route_schema(names: tuple[str, ...], rules: Rules, extra: dict[str, dict] | None = None) -> dict:
+    properties = {name: REQUEST_FIELDS[name].json_schema(rules) for name in names}
+    properties.update(extra or {})
+    required = [name for name in names if REQUEST_FIELDS[name].required]
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+def request_schema(rules: Rules) -> dict:
+    """Each route's request as JSON Schema: the contract ``/info`` publishes and clients build forms from."""
+    ignored = {name: {"type": "string", "description": "Accepted and ignored (OpenAI clients send it)."}
+               for name in sorted(IGNORED_OPENAI_FIELDS)}
     return {
-        "imagine": {name: REQUEST_FIELDS[name].describe(args) for name in IMAGINE_FIELDS},
-        "images_generations": {name: REQUEST_FIELDS[name].describe(args) for name in OPENAI_FIELDS},
+        "imagine": _route_schema(IMAGINE_FIELDS, rules),
+        "images_generations": _route_schema(OPENAI_FIELDS, rules, ignored),
     }

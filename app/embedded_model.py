@@ -31,8 +31,18 @@ EMBEDDED_MODEL_VERSION = 1
 #: Where ``model_id: embedded`` is materialised unless ``SDXL_EMBEDDED_MODEL_DIR`` says otherwise.
 EMBEDDED_DIR_ENV = "SDXL_EMBEDDED_MODEL_DIR"
 
-#: The size the tiny UNet/VAE pair is built for (any multiple of 16 from 64 up works, just slower).
+#: The size the tiny UNet/VAE pair is built for (any multiple of 8 from 64 up works, just slower).
 NATIVE_SIZE = 128
+
+#: App args that fit this model, used by the local run (``ci/serve-local.sh``) and, verbatim, by the
+#: chart's cpu-local scenario (a test keeps chart/ci/cpu-local-values.yaml equal). Not square: a
+#: width/height mix-up shows. Few steps: it draws noise anyway.
+EMBEDDED_LOCAL_ARGS = {
+    "image_sizes": ["128x96", "96x128"],
+    "default_steps": 4,
+    "batch_size": 4,
+    "batch_wait_timeout_s": 0.2,
+}
 
 _SEED = 20240601
 _MARKER = "model_index.json"

@@ -9,7 +9,6 @@ on Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import signal
@@ -21,14 +20,13 @@ import urllib.request
 from pathlib import Path
 
 from app.config import EMBEDDED_MODEL, InvalidAppArgs, parse_app_args
+from app.embedded_model import EMBEDDED_LOCAL_ARGS
 
 API_PREFIX = "/serve"
 UI_PREFIX = "/ui"
 README_PROMPT = "an astronaut is dancing on green grass, sunlit"
-#: Local defaults for the embedded model: its native size first, a few steps (it draws noise anyway).
 #: Serve's per-request time limit here: the chart's serve.requestTimeoutS default (a test keeps them equal).
 REQUEST_TIMEOUT_S = 300
-EMBEDDED_LOCAL_ARGS = {"image_sizes": ["128x128", "256x256", "64x64"], "default_steps": 20, "batch_size": 4}
 
 
 def parse_cli(argv: list[str]) -> argparse.Namespace:
@@ -91,15 +89,6 @@ def wait_until_healthy(url: str, timeout_s: float = 600) -> None:
     raise SystemExit(f"{url} did not become healthy within {timeout_s:.0f}s")
 
 
-def ui_builder():
-    """``app.ui:build_ui_app`` if the UI is installed, else ``None`` (the API runs without it)."""
-    if importlib.util.find_spec("app.ui") is None:
-        return None
-    from app import ui
-
-    return getattr(ui, "build_ui_app", None)
-
-
 def _stop(signum, frame):
     raise KeyboardInterrupt
 
@@ -142,9 +131,13 @@ def main(argv: list[str]) -> int:
         # Share the checkout's copy with the test suite (set before Ray starts: replicas inherit it).
         os.environ.setdefault(EMBEDDED_DIR_ENV, str(Path.cwd() / ".cache" / f"embedded-model-v{EMBEDDED_MODEL_VERSION}"))
         print(f"embedded model: {ensure_embedded_model()}")
-    build_ui_app = ui_builder() if cli.ui else None
-    if cli.ui and build_ui_app is None:
-        print("warning: --ui given but app.ui.build_ui_app is not available; serving the API only", file=sys.stderr)
+    build_ui_app = None
+    if cli.ui:
+        try:
+            from app.ui import build_ui_app
+        except ImportError as error:
+            print(f"error: --ui needs the project's ui extra (pip install -e '.[ui]'): {error}", file=sys.stderr)
+            return 2
 
     import ray
     from ray import serve

@@ -1,25 +1,24 @@
-"""The ``SDXLService`` Ray Serve deployment: HTTP ↔ typed requests ↔ batched backend calls.
+"""The ``SDXLService`` Ray Serve deployment: the wiring between HTTP, the request parser and the backend.
 
 Routes (relative to the application's route prefix, ``/serve`` in the chart and locally):
 
 * ``GET  /imagine``                 image bytes; query fields from :data:`app.api.REQUEST_FIELDS`
 * ``POST /v1/images/generations``   OpenAI Images API shape, ``b64_json`` only
 * ``GET  /healthz``                 200 when the model is loaded and working, else 503
-* ``GET  /info``                    backend, model, sizes, limits, defaults and the field table
+* ``GET  /info``                    backend, model, sizes and each route's request JSON Schema
 
-The replica's event loop only parses, queues and answers: the pipeline runs in a single dedicated
-thread (one model, one call at a time) and encoding in a second pool, so health checks and queueing
-keep answering while an image renders.
+Where things live: HTTP plumbing (routes, API key, body limits, the error shape) in ``app.http``; request
+fields and parsing in ``app.api``; the pipeline's queue and timing in ``app.scheduling`` (with the pure
+rules in ``app.batching``); loading and calling the model in ``app.backends``. The replica's event loop
+only parses, queues and answers: the pipeline runs in a single dedicated thread (one model, one call at
+a time) and encoding in a second pool, so health checks and queueing keep answering while an image renders.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
-import json
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,36 +29,19 @@ from ray.serve.config import BackpressureConfig
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.api import (
-    MEDIA_TYPES,
-    ApiError,
-    GenerationRequest,
-    ImageJob,
-    describe_fields,
-    parse_imagine_query,
-    parse_openai_body,
-)
-from app.batching import batch_wait_s, plan_pipeline_calls
-from app.config import AppArgs, deployment_warnings, parse_app_args
+from app.api import Rules, parse_imagine_query, parse_openai_body, request_schema
+from app.batching import plan_pipeline_calls
+from app.config import MEDIA_TYPES, deployment_warnings, parse_app_args, read_api_key
 from app.encoding import EncoderSettings, encode_image
+from app.http import RETRY_AFTER_S, ApiError, authorize, error_response, not_ready, read_json, resolve_route
+from app.jobs import GenerationRequest, ImageJob
+from app.scheduling import PipelineState
 
 logger = logging.getLogger("ray.serve")
-
-#: Seconds a client is told to wait after a 503 (Serve's backpressure and the replica's own 503s).
-RETRY_AFTER_S = 5
 
 #: Failed pipeline calls in a row after which the replica reports itself unhealthy so Serve replaces it
 #: (a wedged accelerator fails every call; one odd failure should not cost a replica).
 UNHEALTHY_AFTER_FAILURES = 3
-
-ROUTES: dict[str, tuple[str, ...]] = {
-    "/imagine": ("GET",),
-    "/v1/images/generations": ("POST",),
-    "/healthz": ("GET", "HEAD"),  # HEAD: probes and load balancers that only look at the status
-    "/info": ("GET",),
-}
-#: Routes that need the API key when one is configured.
-PROTECTED_ROUTES = frozenset({"/imagine", "/v1/images/generations"})
 
 
 @dataclass(frozen=True)
@@ -70,40 +52,6 @@ class GeneratedImage:
     batch_images: int
     #: From the image's arrival in the replica to the start of the pipeline call that made it.
     queue_wait_ms: int
-
-
-def route_path(scope: dict) -> str:
-    """The request path relative to the application's route prefix (``root_path``)."""
-    path = scope.get("path", "/")
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    return path.rstrip("/") or "/"
-
-
-class AsciiJSONResponse(JSONResponse):
-    """JSON with every non-ASCII character escaped: an error may quote client text that is not valid
-    UTF-8 on its own (a lone surrogate from a JSON escape), which must still come back as a 4xx."""
-
-    def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
-
-
-def error_response(error: ApiError) -> JSONResponse:
-    return AsciiJSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
-def read_api_key(args: AppArgs) -> str | None:
-    """The configured API key, or ``None`` when the service is open. An empty variable is a deploy error."""
-    if not args.api_key_env:
-        return None
-    key = os.environ.get(args.api_key_env, "")
-    if not key:
-        raise ValueError(
-            f"api_key_env names {args.api_key_env!r} but that environment variable is empty or unset in the "
-            "replica: set it (e.g. from a Kubernetes Secret) or remove api_key_env"
-        )
-    return key
 
 
 @serve.deployment(
@@ -127,19 +75,11 @@ class SDXLService:
         self.warnings = deployment_warnings(self.args)
         for warning in self.warnings:
             logger.warning("SDXLService: %s", warning)
-        self.api_key = read_api_key(self.args)
+        self.api_key = read_api_key(self.args.api_key_env)
         self.encoder_settings = EncoderSettings.from_args(self.args)
         self._pipeline_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdxl-pipeline")
         self._encoder_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sdxl-encode")
         self._failures_in_a_row = 0
-        #: id() of every image queued for or inside the pipeline -> perf_counter() of its arrival;
-        #: empty: a new image finds the pipeline idle.
-        self._pending_images: dict[int, float] = {}
-        #: perf_counter() when the running pipeline call began (None between calls), its image count, and
-        #: moving averages of call durations by image count: together, when the pipeline will be free.
-        self._call_started: float | None = None
-        self._images_in_call = 0
-        self._call_seconds: dict[int, float] = {}
         self.backend = None
 
         from app.backends import load_backend
@@ -147,20 +87,19 @@ class SDXLService:
         started = time.perf_counter()
         backend = load_backend(self.args)
         self.load_s = round(time.perf_counter() - started, 3)
+        self.rules = Rules(self.args, guidance_must_exceed=backend.guidance_must_exceed)
+        self.pipeline = PipelineState(backend.batch_size)
         # Gather at most one pipeline call's worth of images per batch: a larger gather would make the
         # first compatible group wait for every other group in the same batch.
         self._generate_batch.set_max_batch_size(backend.batch_size)
-        if self.args.warmup:
-            self.warmup_s = self._warm_up(backend)
-        else:
-            self.warmup_s = None
+        self.warmup_s = self._warm_up(backend) if self.args.warmup else None
         self.backend = backend
         logger.info("SDXLService ready: backend=%s model=%s load_s=%s warmup_s=%s",
                     self.args.backend, self.args.model_id, self.load_s, self.warmup_s)
 
     def _warm_up(self, backend) -> float:
-        # The first call initialises the runtime and loads the graphs (several times slower on Neuron): pay it before
-        # the replica reports healthy, at the default size and steps (padded to the compiled batch on Neuron).
+        # The first call initialises the runtime and loads the graphs (several times slower on Neuron): pay it
+        # before the replica reports healthy, at the default size and steps (padded to a fixed compiled batch).
         width, height = self.args.default_size
         job = ImageJob("warm-up", None, 0, self.args.default_steps, self.args.default_guidance_scale, width, height)
         started = time.perf_counter()
@@ -197,31 +136,22 @@ class SDXLService:
             return error_response(ApiError(500, "internal error (see the replica's log)", code="internal_error"))
 
     async def _dispatch(self, request: Request) -> Response:
-        path = route_path(request.scope)
-        methods = ROUTES.get(path)
-        if methods is None:
-            raise ApiError(404, f"no route {path}; routes: {', '.join(ROUTES)}", code="not_found")
-        if request.method not in methods:
-            raise ApiError(
-                405, f"{path} accepts {', '.join(methods)}, not {request.method}",
-                code="method_not_allowed", headers={"Allow": ", ".join(methods)},
-            )
+        path = resolve_route(request)
         if path == "/healthz":
             health = self._healthz()
             return Response(status_code=health.status_code) if request.method == "HEAD" else health
         if path == "/info":
             return JSONResponse(self.info())
-        self._authorize(request)
+        authorize(request, self.api_key)
         if not self.healthy:
-            raise ApiError(503, "the model is not ready", code="model_not_ready",
-                           headers={"Retry-After": str(RETRY_AFTER_S)})
+            raise not_ready()
         if path == "/imagine":
             return await self._imagine(request)
         return await self._images_generations(request)
 
     def _healthz(self) -> Response:
         body = {"status": "ok" if self.healthy else "unavailable", "backend": self.args.backend,
-                "model_id": self.args.model_id, "images_in_flight": len(self._pending_images)}
+                "model_id": self.args.model_id, "images_in_flight": self.pipeline.images_in_flight}
         return JSONResponse(body, status_code=200 if self.healthy else 503)
 
     def info(self) -> dict:
@@ -234,60 +164,17 @@ class SDXLService:
             "image_sizes": list(args.image_sizes),
             "default_size": args.image_sizes[0],
             "batch_size": args.batch_size,
-            "output_formats": list(MEDIA_TYPES),
+            "max_body_bytes": args.max_body_bytes,
             "auth_required": self.api_key is not None,
-            "defaults": {
-                "steps": args.default_steps,
-                "guidance_scale": args.default_guidance_scale,
-                "output_format": args.default_output_format,
-                "size": args.image_sizes[0],
-            },
-            "limits": {
-                "max_steps": args.max_steps,
-                "max_guidance_scale": args.max_guidance_scale,
-                "max_prompt_chars": args.max_prompt_chars,
-                "max_images_per_request": args.max_images_per_request,
-                "max_body_bytes": args.max_body_bytes,
-                "max_seed": 2**32 - 1,
-            },
-            "fields": self._describe_fields(),
-            "backend_details": self.backend.details if self.backend else None,
+            "request_schema": request_schema(self.rules),
+            "backend_details": self.backend.details,
             "warnings": self.warnings,
             "load_s": self.load_s,
             "warmup_s": self.warmup_s,
         }
 
-    def _describe_fields(self) -> dict:
-        fields = describe_fields(self.args)
-        floor = self.backend.guidance_must_exceed if self.backend else None
-        if floor is not None:
-            for route_fields in fields.values():
-                route_fields["guidance_scale"]["exclusiveMinimum"] = floor
-        return fields
-
-    def _check_backend_rules(self, parsed: GenerationRequest) -> None:
-        """Rules of the loaded model that the deployment's args cannot know (e.g. a compiled Neuron batch)."""
-        floor = self.backend.guidance_must_exceed
-        if floor is not None and parsed.jobs[0].guidance_scale <= floor:
-            raise ApiError(
-                400,
-                f"'guidance_scale' must be greater than {floor:g} on this model (got {parsed.jobs[0].guidance_scale:g}): "
-                "its compiled batch runs only with classifier-free guidance",
-                param="guidance_scale",
-                code="out_of_range",
-            )
-
-    def _authorize(self, request: Request) -> None:
-        if self.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        # compare_digest: the time taken must not reveal how much of a guessed key was right.
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
     async def _imagine(self, request: Request) -> Response:
-        parsed = parse_imagine_query(request.query_params.multi_items(), self.args)
+        parsed = parse_imagine_query(request.query_params.multi_items(), self.rules)
         (result,) = await self._render(parsed)
         job = parsed.jobs[0]
         data = await self._encode(result.image, parsed.output_format)
@@ -307,7 +194,7 @@ class SDXLService:
         )
 
     async def _images_generations(self, request: Request) -> Response:
-        parsed = parse_openai_body(await self._read_json(request), self.args)
+        parsed = parse_openai_body(await read_json(request, self.args.max_body_bytes), self.rules)
         results = await self._render(parsed)
         encoded = await asyncio.gather(*(self._encode(r.image, parsed.output_format, as_base64=True) for r in results))
         job = parsed.jobs[0]
@@ -321,95 +208,42 @@ class SDXLService:
             "generation_time_ms": max(r.generation_ms for r in results),
         })
 
-    async def _read_json(self, request: Request) -> Any:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type != "application/json":
-            raise ApiError(415, f"Content-Type must be application/json, not {content_type or 'missing'!r}",
-                           code="unsupported_media_type")
-        limit = self.args.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        too_large = ApiError(413, f"request body exceeds {limit} bytes", code="body_too_large")
-        if declared.isdigit() and int(declared) > limit:
-            raise too_large
-        body = bytearray()
-        # Count while reading: a chunked body has no Content-Length to trust.
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise too_large
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ApiError(400, f"the request body is not valid JSON: {error}", code="invalid_json") from None
-        except RecursionError:
-            # Deeply nested arrays/objects exhaust the parser's stack: still the client's malformed input.
-            raise ApiError(400, "the request body is nested too deeply", code="invalid_json") from None
-
     # ---------------------------------------------------------------------------------------------
     # Generation
 
     async def _render(self, parsed: GenerationRequest) -> list[GeneratedImage]:
-        self._check_backend_rules(parsed)
         # serve.batch reads the timeout when a batch's first image reaches its queue; requests that
         # arrive together at an idle replica may still share a batch (the later ones see it busy).
-        self._generate_batch.set_batch_wait_timeout_s(self._batch_wait_s())
-        ids = {id(job) for job in parsed.jobs}
-        arrived = time.perf_counter()
-        self._pending_images.update(dict.fromkeys(ids, arrived))
+        self._generate_batch.set_batch_wait_timeout_s(self.pipeline.batch_wait_s(self.args.batch_wait_timeout_s))
+        self.pipeline.arrive(parsed.jobs)
         try:
             # One queue entry per image, so a request for n images shares batches with other requests.
             outcomes = await asyncio.gather(*(self._generate_batch(job) for job in parsed.jobs))
         finally:
-            # Normally gone already (each call removes its images as it ends); not if the client left
-            # and serve.batch dropped its images before they ran.
-            for image_id in ids:
-                self._pending_images.pop(image_id, None)
+            self.pipeline.forget(parsed.jobs)
         for outcome in outcomes:
             if isinstance(outcome, Exception):
                 raise ApiError(500, f"image generation failed: {type(outcome).__name__}: {outcome}",
                                code="generation_failed")
         return outcomes
 
-    def _batch_wait_s(self) -> float:
-        """How long a batch starting now waits for partners (see :func:`app.batching.batch_wait_s`)."""
-        elapsed = None if self._call_started is None else time.perf_counter() - self._call_started
-        return batch_wait_s(
-            images_in_flight=len(self._pending_images),
-            images_in_call=self._images_in_call,
-            call_elapsed_s=elapsed,
-            call_seconds=self._call_seconds,
-            batch_size=self.backend.batch_size,
-            cap_s=self.args.batch_wait_timeout_s,
-        )
-
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.05)
     async def _generate_batch(self, jobs: list[ImageJob]) -> list[GeneratedImage | Exception]:
         loop = asyncio.get_running_loop()
         outcomes: list[GeneratedImage | Exception | None] = [None] * len(jobs)
         for call in plan_pipeline_calls(jobs, self.backend.batch_size, fixed_batch=self.backend.fixed_batch):
-            started = self._call_started = time.perf_counter()
-            self._images_in_call = len(call.positions)
-            waits_ms = [round((started - self._pending_images.get(id(jobs[position]), started)) * 1000)
-                        for position in call.positions]
+            waits_ms = self.pipeline.call_started(call, jobs)
             try:
                 images = await loop.run_in_executor(self._pipeline_thread, self.backend.generate, call.jobs)
             except Exception as error:  # noqa: BLE001 - reported per request as a 500, counted for health
+                self.pipeline.call_ended(call, succeeded=False)
                 logger.exception("pipeline call failed for %d image(s)", len(call.positions))
                 self._failures_in_a_row += 1
                 for position in call.positions:
                     outcomes[position] = error
                 continue
-            finally:
-                self._call_started, self._images_in_call = None, 0
-                for job in call.jobs:
-                    self._pending_images.pop(id(job), None)
+            elapsed_ms = round(self.pipeline.call_ended(call, succeeded=True) * 1000)
             self._failures_in_a_row = 0
-            elapsed = time.perf_counter() - started
-            # A short memory (weight 0.3 for the newest call) follows load changes within a few calls.
-            size = len(call.jobs)
-            previous = self._call_seconds.get(size)
-            self._call_seconds[size] = elapsed if previous is None else 0.7 * previous + 0.3 * elapsed
-            elapsed_ms = round(elapsed * 1000)
             for position, image, wait_ms in zip(call.positions, images, waits_ms):
                 outcomes[position] = GeneratedImage(image, elapsed_ms, len(call.positions), wait_ms)
         return outcomes

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from app.api import MAX_SEED
 from app.ui_client import (
     ApiError,
     GenerationRequest,
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["build_ui_app", "build_blocks", "build_asgi_app", "InvalidUIArgs", "UIArgs", "parse_ui_args"]
 
-MAX_SEED = 2**32 - 1
+#: Step of the guidance slider; its lowest value is one step above a model's exclusive minimum.
+_GUIDANCE_STEP = 0.1
 # Generated files are handed to Gradio by path; older ones are pruned so a long-running UI replica
 # does not fill its disk. Gradio's own cache copy is cleaned by ``delete_cache`` below.
 _KEEP_FILES_S = 3600
@@ -109,6 +111,11 @@ def _request_from_controls(
         size=size or None,
         output_format=output_format or None,
     )
+
+
+def _guidance_minimum(info: ServiceInfo) -> float:
+    """The slider's lowest value: 0, or just above what the service's model requires (exclusiveMinimum)."""
+    return 0.0 if info.guidance_above is None else round(info.guidance_above + _GUIDANCE_STEP, 6)
 
 
 def _refusal_message(visitor_key: str | None) -> str:
@@ -183,7 +190,7 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
             "",
             f"Service: {info.summary()}",
             gr.update(maximum=info.max_steps, value=info.default_steps),
-            gr.update(maximum=info.max_guidance_scale, value=info.default_guidance_scale),
+            gr.update(minimum=_guidance_minimum(info), maximum=info.max_guidance_scale, value=info.default_guidance_scale),
             gr.update(choices=list(info.image_sizes), value=info.default_size),
             gr.update(choices=list(info.output_formats), value=info.default_output_format),
             gr.update(visible=info.auth_required and own_key is None),
@@ -205,8 +212,8 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
                     seed = gr.Number(label="Seed (used when “Random seed” is off)", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
                 steps = gr.Slider(label="Steps", minimum=1, maximum=defaults.max_steps, value=defaults.default_steps, step=1, elem_id="steps")
                 guidance = gr.Slider(
-                    label="Guidance scale", minimum=0.0, maximum=defaults.max_guidance_scale,
-                    value=defaults.default_guidance_scale, step=0.1, elem_id="guidance",
+                    label="Guidance scale", minimum=_guidance_minimum(defaults), maximum=defaults.max_guidance_scale,
+                    value=defaults.default_guidance_scale, step=_GUIDANCE_STEP, elem_id="guidance",
                 )
                 with gr.Row():
                     size = gr.Dropdown(label="Size", choices=list(defaults.image_sizes), value=defaults.default_size, elem_id="size")

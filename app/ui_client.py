@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,12 +17,10 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.config import AppArgs, describe_validation_error, parse_size
+from app.api import MAX_SEED
+from app.config import MEDIA_TYPES, AppArgs, describe_validation_error, parse_size, read_api_key
 
 ErrorKind = Literal["invalid_request", "unauthorized", "busy", "timeout", "unreachable", "server_error", "bad_response"]
-
-#: Formats the API can encode; /info may narrow or reorder them.
-OUTPUT_FORMATS: tuple[str, ...] = ("png", "jpeg", "webp")
 
 # The API's own defaults: what the UI shows until /info answers (or when it answers only partly).
 _API_DEFAULTS = AppArgs()
@@ -86,12 +83,10 @@ def parse_ui_args(raw: dict | None) -> UIArgs:
 
 def api_key_from_env(args: UIArgs) -> str | None:
     """The key named by ``api_key_env``; an empty or unset variable is a deploy error, not a silent 401 later."""
-    if args.api_key_env is None:
-        return None
-    key = os.environ.get(args.api_key_env, "")
-    if not key:
-        raise InvalidUIArgs(f"api_key_env: environment variable {args.api_key_env} is empty or not set")
-    return key
+    try:
+        return read_api_key(args.api_key_env)
+    except ValueError as error:
+        raise InvalidUIArgs(f"invalid UI application args: {error}") from None
 
 
 class ApiError(Exception):
@@ -115,8 +110,11 @@ class ServiceInfo:
     default_guidance_scale: float = _API_DEFAULTS.default_guidance_scale
     max_guidance_scale: float = _API_DEFAULTS.max_guidance_scale
     max_prompt_chars: int = _API_DEFAULTS.max_prompt_chars
+    #: ``guidance_scale`` must be greater than this on the service's model (JSON Schema exclusiveMinimum).
+    guidance_above: float | None = None
+    max_seed: int = MAX_SEED
     default_output_format: str = _API_DEFAULTS.default_output_format
-    output_formats: tuple[str, ...] = OUTPUT_FORMATS
+    output_formats: tuple[str, ...] = tuple(MEDIA_TYPES)
     backend: str | None = None
     model_id: str | None = None
     #: The API's generation routes need 'Authorization: Bearer <key>' (its /info says so).
@@ -135,90 +133,64 @@ class ServiceInfo:
         )
 
 
-def _field_table(data: dict) -> dict:
-    """The per-field description /info publishes for ``GET /imagine`` (bounds, enums, defaults), if any."""
-    for key in ("fields", "request_fields", "parameters"):
-        table = data.get(key)
-        if isinstance(table, dict):
-            imagine = table.get("imagine", table)
-            if isinstance(imagine, dict):
-                return imagine
-    return {}
-
-
-# Where each ServiceInfo value sits in a field table entry: (field, attribute).
-_FIELD_TABLE_KEYS = {
-    "default_steps": ("steps", "default"),
-    "max_steps": ("steps", "maximum"),
-    "default_guidance_scale": ("guidance_scale", "default"),
-    "max_guidance_scale": ("guidance_scale", "maximum"),
-    "max_prompt_chars": ("prompt", "max_length"),
-    "output_formats": ("output_format", "enum"),
-    "default_output_format": ("output_format", "default"),
-}
-
-
-def _lookup(data: dict, key: str) -> Any:
-    # /info may report a value at the top level, grouped under "limits" / "defaults", or in its
-    # per-field table; accept all three so the UI follows the service rather than one layout.
-    if key in data:
-        return data[key]
-    if key in _FIELD_TABLE_KEYS:
-        name, attribute = _FIELD_TABLE_KEYS[key]
-        entry = _field_table(data).get(name)
-        if isinstance(entry, dict) and attribute in entry:
-            return entry[attribute]
-    short = key.removeprefix("default_").removeprefix("max_")
-    for group in ("limits", "defaults"):
-        section = data.get(group)
-        if isinstance(section, dict):
-            if key in section:
-                return section[key]
-            wanted_group = "defaults" if key.startswith("default_") else "limits" if key.startswith("max_") else None
-            if group == wanted_group and short in section:
-                return section[short]
+def _number(value: Any, kind: type) -> int | float | None:
+    """``value`` as ``kind`` when it is a finite, non-negative JSON number (bool is not a number here)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+        return kind(value)
     return None
 
 
 def parse_info(data: Any) -> ServiceInfo:
-    """Build :class:`ServiceInfo` from /info's JSON, keeping the API defaults for what it leaves out."""
+    """Build :class:`ServiceInfo` from /info: the deployment's sizes, and the request JSON Schema of
+    ``GET /imagine`` (``request_schema.imagine``) for every bound and default; the API's defaults stay for
+    whatever it leaves out."""
     if not isinstance(data, dict):
         raise ApiError("The service's /info answer is not a JSON object.", kind="bad_response")
     base = ServiceInfo()
     values: dict[str, Any] = {}
 
-    sizes = _lookup(data, "image_sizes")
-    if isinstance(sizes, (list, tuple)) and sizes:
+    sizes = data.get("image_sizes")
+    if isinstance(sizes, list) and sizes:
         parsed = []
         for size in sizes:
-            text = size if isinstance(size, str) else "{}x{}".format(*size) if isinstance(size, (list, tuple)) else None
             try:
-                parsed.append("{}x{}".format(*parse_size(text)))
-            except (TypeError, ValueError):
+                parsed.append("{}x{}".format(*parse_size(size)))
+            except (TypeError, ValueError, AttributeError):
                 continue
         if parsed:
             values["image_sizes"] = tuple(dict.fromkeys(parsed))
-    default_size = _lookup(data, "default_size")
+    default_size = data.get("default_size")
     if isinstance(default_size, str) and default_size in values.get("image_sizes", ()):
         values["image_sizes"] = (default_size,) + tuple(s for s in values["image_sizes"] if s != default_size)
 
-    for name, kind in (
-        ("default_steps", int),
-        ("max_steps", int),
-        ("max_prompt_chars", int),
-        ("default_guidance_scale", float),
-        ("max_guidance_scale", float),
-    ):
-        value = _lookup(data, name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
-            values[name] = kind(value)
+    schema = data.get("request_schema")
+    route = schema.get("imagine") if isinstance(schema, dict) else None
+    fields = route.get("properties") if isinstance(route, dict) else None
+    fields = fields if isinstance(fields, dict) else {}
 
-    formats = _lookup(data, "output_formats")
-    if isinstance(formats, (list, tuple)):
-        known = tuple(f for f in formats if f in OUTPUT_FORMATS)
+    def keyword(field: str, name: str) -> Any:
+        entry = fields.get(field)
+        return entry.get(name) if isinstance(entry, dict) else None
+
+    for attribute, field, name, kind in (
+        ("default_steps", "steps", "default", int),
+        ("max_steps", "steps", "maximum", int),
+        ("max_prompt_chars", "prompt", "maxLength", int),
+        ("max_seed", "seed", "maximum", int),
+        ("default_guidance_scale", "guidance_scale", "default", float),
+        ("max_guidance_scale", "guidance_scale", "maximum", float),
+        ("guidance_above", "guidance_scale", "exclusiveMinimum", float),
+    ):
+        value = _number(keyword(field, name), kind)
+        if value is not None:
+            values[attribute] = value
+
+    formats = keyword("output_format", "enum")
+    if isinstance(formats, list):
+        known = tuple(f for f in formats if f in MEDIA_TYPES)
         if known:
             values["output_formats"] = known
-    default_format = _lookup(data, "default_output_format")
+    default_format = keyword("output_format", "default")
     if default_format in values.get("output_formats", base.output_formats):
         values["default_output_format"] = default_format
 

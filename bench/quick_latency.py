@@ -54,7 +54,7 @@ def measure(url: str, sequential: int, concurrency: int, total: int, steps: int 
         "backend": info["backend"],
         "model_id": info["model_id"],
         "size": info["default_size"],
-        "steps": steps or info["defaults"]["steps"],
+        "steps": steps or info["request_schema"]["imagine"]["properties"]["steps"]["default"],
         "batch_size": info["batch_size"],
         "single_latency_ms_median": round(statistics.median(e for e, _ in singles) * 1000, 1),
         "single_generation_ms_median": statistics.median(g for _, g in singles),
@@ -83,7 +83,7 @@ def main() -> int:
     else:
         from tests.support.serve_cluster import fast_embedded_args, local_serve
 
-        args = fast_embedded_args(default_steps=cli.steps, batch_size=cli.batch_size, image_sizes=["128x128"])
+        args = fast_embedded_args(default_steps=cli.steps, batch_size=cli.batch_size, image_sizes=["128x96"])
         context = local_serve(args, deployment_options={"max_ongoing_requests": 32, "max_queued_requests": 128})
     with context as url:
         result = measure(str(url), cli.sequential, cli.concurrency, cli.requests, cli.steps)

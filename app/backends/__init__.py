@@ -1,4 +1,4 @@
-"""Backends: load a pipeline once, then turn compatible :class:`~app.api.ImageJob` lists into images.
+"""Backends: load a pipeline once, then turn compatible :class:`~app.jobs.ImageJob` lists into images.
 
 One small interface for neuron, cuda and cpu. Each backend module imports torch/diffusers/optimum
 only when the replica loads it, so ``app.main`` stays importable in the Serve controller (and in
@@ -14,7 +14,7 @@ from app.config import EMBEDDED_MODEL, AppArgs
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from app.api import ImageJob
+    from app.jobs import ImageJob
 
 
 class ImageBackend(Protocol):

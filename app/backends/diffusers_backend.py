@@ -7,34 +7,9 @@ from typing import Sequence
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from app.api import ImageJob
+from app.backends.pipeline_call import call_pipeline
 from app.config import AppArgs
-
-
-def seeded_generators(jobs: Sequence[ImageJob]) -> list[torch.Generator]:
-    """One generator per image, so each request's seed alone decides its image, whatever it is batched with.
-
-    CPU generators on every backend: diffusers draws the initial latents on the CPU and moves them,
-    which makes a seed give the same starting noise on cpu and cuda.
-    """
-    return [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
-
-
-def call_pipeline(pipeline, jobs: Sequence[ImageJob], **extra) -> list:
-    """Run an SDXL pipeline on compatible jobs (same size, steps, guidance, negative-prompt presence)."""
-    first = jobs[0]
-    negative = [job.negative_prompt for job in jobs] if first.negative_prompt is not None else None
-    with torch.inference_mode():
-        result = pipeline(
-            prompt=[job.prompt for job in jobs],
-            negative_prompt=negative,
-            num_inference_steps=first.steps,
-            guidance_scale=first.guidance_scale,
-            generator=seeded_generators(jobs),
-            output_type="pil",
-            **extra,
-        )
-    return list(result.images)
+from app.jobs import ImageJob
 
 
 class DiffusersBackend:

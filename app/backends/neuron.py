@@ -30,9 +30,9 @@ import logging
 import os
 from typing import Sequence
 
-from app.api import ImageJob
-from app.backends.diffusers_backend import call_pipeline
+from app.backends.pipeline_call import call_pipeline
 from app.config import AppArgs
+from app.jobs import ImageJob
 
 logger = logging.getLogger("ray.serve")
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.api import ImageJob
+from app.jobs import ImageJob
 from app.batching import batch_wait_s, partition_compatible, plan_pipeline_calls
 
 

@@ -205,17 +205,21 @@ def test_openai_route_returns_n_images_with_consecutive_seeds(client):
     assert np.abs(pixels(images[1]) - pixels(single.content)).max() <= 2
 
 
-def test_info_publishes_sizes_limits_defaults_and_fields(client):
+def test_info_publishes_sizes_and_each_routes_request_schema(client):
     info = client.get("/info").json()
     assert info["backend"] == "cpu" and info["model_id"] == "embedded"
     assert info["image_sizes"] == ["128x96", "96x128"] and info["default_size"] == "128x96"
-    assert info["limits"]["max_prompt_chars"] == MAX_PROMPT_CHARS
-    assert info["limits"]["max_steps"] == API_ARGS["max_steps"]
-    assert info["defaults"]["steps"] == API_ARGS["default_steps"]
     assert info["auth_required"] is False
-    assert info["fields"]["imagine"]["steps"]["maximum"] == API_ARGS["max_steps"]
-    assert info["fields"]["imagine"]["prompt"]["required"] is True
-    assert info["fields"]["images_generations"]["size"]["enum"] == ["128x96", "96x128"]
+    imagine = info["request_schema"]["imagine"]
+    assert imagine["required"] == ["prompt"] and imagine["additionalProperties"] is False
+    assert imagine["properties"]["prompt"]["maxLength"] == MAX_PROMPT_CHARS
+    assert imagine["properties"]["steps"] == {
+        "type": "integer", "description": imagine["properties"]["steps"]["description"],
+        "minimum": 1, "maximum": API_ARGS["max_steps"], "default": API_ARGS["default_steps"]}
+    generations = info["request_schema"]["images_generations"]["properties"]
+    assert generations["size"]["enum"] == ["128x96", "96x128"]
+    assert generations["n"]["maximum"] == API_ARGS["max_images_per_request"]
+    assert "exclusiveMinimum" not in generations["guidance_scale"]  # the cpu backend adds no rule of its own
 
 
 def test_healthz_reports_a_loaded_model(client):

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.api import ImageJob
+from app.jobs import ImageJob
 from app.config import parse_app_args
 from tests.support.neuron_export import SDK_2_26_COMPILER, write_fake_neuron_export
 from tests.support.serve_cluster import REPO_ROOT, api_application, deploy_config, embedded_model_dir, local_serve
@@ -292,8 +292,9 @@ def test_guidance_the_compiled_batch_cannot_run_is_a_400_and_info_says_why(clien
     error = refused.json()["error"]
     assert (error["param"], error["code"]) == ("guidance_scale", "out_of_range")
     assert "greater than 1" in error["message"] and "classifier-free guidance" in error["message"]
-    fields = client.get("/info").json()["fields"]
-    assert fields["imagine"]["guidance_scale"]["exclusiveMinimum"] == 1
+    schema = client.get("/info").json()["request_schema"]
+    assert schema["imagine"]["properties"]["guidance_scale"]["exclusiveMinimum"] == 1
+    assert schema["images_generations"]["properties"]["guidance_scale"]["exclusiveMinimum"] == 1
     assert client.get("/healthz").status_code == 200  # a refused request costs the replica nothing
     assert png_pixels(client.get("/imagine", params={"prompt": "a cat", "guidance_scale": 1.5})).shape[:2] == (
         COMPILED_HEIGHT, COMPILED_WIDTH)

@@ -172,10 +172,12 @@ def test_worker_node_counts_come_from_values(default):
 
 
 def test_ray_version_equals_the_pyproject_ray_pin(default):
-    # A regex, not tomllib: the project supports Python 3.10, which has no tomllib.
-    pins = re.findall(r'"ray\[[a-z,]+\]==([0-9.]+)"', (REPO_ROOT / "pyproject.toml").read_text())
-    assert len(pins) == 1
-    assert default.rayservice["spec"]["rayClusterConfig"]["rayVersion"] == pins[0]
+    import tomllib
+
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    pins = [re.fullmatch(r"ray\[[a-z,]+\]==([0-9.]+)", dependency) for dependency in dependencies]
+    (pin,) = [match.group(1) for match in pins if match]
+    assert default.rayservice["spec"]["rayClusterConfig"]["rayVersion"] == pin
 
 
 def test_image_tag_defaults_to_the_chart_app_version(default):
@@ -194,6 +196,14 @@ def test_serve_config_is_accepted_by_serve_and_its_args_by_the_app(scenario):
     assert api["import_path"] == "app.main:build_app"
     assert api["route_prefix"] == "/serve"
     assert isinstance(parse_app_args(api["args"]), AppArgs)
+
+
+def test_the_cpu_local_scenario_serves_the_embedded_model_as_the_local_run_does():
+    from app.embedded_model import EMBEDDED_LOCAL_ARGS
+
+    args = render(scenario="cpu-local").application()["args"]
+    assert args["model_id"] == "embedded" and args["backend"] == "cpu"
+    assert {key: args[key] for key in EMBEDDED_LOCAL_ARGS} == EMBEDDED_LOCAL_ARGS
 
 
 def test_app_args_carry_model_limits_and_defaults_from_values():

@@ -22,8 +22,19 @@ def set_path(path: tuple[str, ...], value) -> dict:
     return values
 
 
+def resolved(node: dict) -> dict:
+    """``node`` with its ``$ref`` (into the schema's ``definitions``) merged in, as a validator sees it."""
+    while "$ref" in node:
+        target = SCHEMA
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = {**target, **{key: value for key, value in node.items() if key != "$ref"}}
+    return node
+
+
 def walk(schema: dict, path: tuple[str, ...] = ()):
     """(path, schema) of every property reachable through objects (not inside array items)."""
+    schema = resolved(schema)
     yield path, schema
     for key, child in schema.get("properties", {}).items():
         yield from walk(child, (*path, key))

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-#: ``fast_embedded_args``' default size and its transpose, as (width, height).
+#: ``fast_embedded_args``' default size and its transpose, as (width, height) (app.embedded_model's sizes).
 TEST_SIZE = (128, 96)
 TEST_SIZE_TRANSPOSED = (96, 128)
 API_APP_NAME = "sdxl"
@@ -81,15 +81,14 @@ def embedded_model_dir() -> Path:
 
 
 def fast_embedded_args(**overrides) -> dict:
-    """Args for the embedded model sized for tests: small images, few steps, no waiting for batches."""
+    """Args for the embedded model sized for tests: its local sizes and steps, a short batch wait."""
+    from app.embedded_model import EMBEDDED_LOCAL_ARGS
+
     args = {
         "model_id": "embedded",
         "backend": "cpu",
-        # Not square, and each the other's transpose: a width/height mix-up anywhere gives the wrong image.
-        "image_sizes": ["128x96", "96x128"],
-        "default_steps": 4,
+        **EMBEDDED_LOCAL_ARGS,
         "max_steps": 50,
-        "batch_size": 4,
         "batch_wait_timeout_s": 0.02,
         "warmup": True,
     }

@@ -81,20 +81,24 @@ async def _imagine(request: Request) -> Response:
     return _api_error(404, f"no route {request.url.path}", None, "not_found")
 
 
+#: The args the fake API publishes its /info from, through the service's own schema builder.
+FAKE_API_ARGS = {"backend": "cpu", "model_id": "embedded", "image_sizes": ["128x64", "64x64"], "max_prompt_chars": 77,
+                 "default_steps": 3, "max_steps": 12, "default_guidance_scale": 2.5, "max_guidance_scale": 9.5,
+                 "default_output_format": "webp"}
+
+
 async def _info(request: Request) -> Response:
+    from app.api import Rules, request_schema
+    from app.config import parse_app_args
+
+    args = parse_app_args(FAKE_API_ARGS)
     return JSONResponse(
         {
             "backend": "cpu",
             "model_id": "embedded",
-            "image_sizes": ["128x128", "64x64"],
-            "fields": {
-                "imagine": {
-                    "prompt": {"type": "str", "min_length": 1, "max_length": 77},
-                    "steps": {"type": "int", "minimum": 1, "maximum": 12, "default": 3},
-                    "guidance_scale": {"type": "float", "minimum": 0.0, "maximum": 9.5, "default": 2.5},
-                    "output_format": {"type": "str", "enum": ["png", "jpeg", "webp"], "default": "webp"},
-                }
-            },
+            "image_sizes": list(args.image_sizes),
+            "default_size": args.image_sizes[0],
+            "request_schema": request_schema(Rules(args, guidance_must_exceed=1.0)),
         }
     )
 
@@ -169,30 +173,25 @@ def test_an_unset_api_key_variable_is_reported_by_name(monkeypatch):
 # /info → controls
 
 
-def test_info_field_table_sets_the_controls_limits_and_defaults(fake_api):
+def test_info_request_schema_sets_the_controls_limits_and_defaults(fake_api):
     info = fetch_info(f"{fake_api}/ok")
-    assert info.image_sizes == ("128x128", "64x64")
-    assert info.default_size == "128x128"
+    assert info.image_sizes == ("128x64", "64x64")
+    assert info.default_size == "128x64"
     assert (info.default_steps, info.max_steps) == (3, 12)
-    assert (info.default_guidance_scale, info.max_guidance_scale) == (2.5, 9.5)
+    assert (info.default_guidance_scale, info.max_guidance_scale, info.guidance_above) == (2.5, 9.5, 1.0)
     assert info.max_prompt_chars == 77
-    assert info.default_output_format == "webp"
+    assert info.default_output_format == "webp" and info.output_formats == ("png", "jpeg", "webp")
+    assert info.max_seed == 2**32 - 1
     assert "embedded" in info.summary() and "up to 12 steps" in info.summary()
 
 
-def test_info_with_grouped_limits_and_defaults_is_understood():
-    info = parse_info(
-        {"image_sizes": ["64x64"], "limits": {"max_steps": 8, "max_prompt_chars": 50},
-         "defaults": {"steps": 2, "output_format": "jpeg"}}
-    )
-    assert (info.default_steps, info.max_steps, info.max_prompt_chars, info.default_output_format) == (2, 8, 50, "jpeg")
-
-
-def test_info_missing_values_fall_back_to_the_api_defaults_and_stay_consistent():
-    info = parse_info({"image_sizes": ["nonsense"], "max_steps": 4})
+def test_info_without_a_request_schema_keeps_the_api_defaults_and_stays_consistent():
+    info = parse_info({"image_sizes": ["nonsense"], "request_schema": {"imagine": {"properties": {
+        "steps": {"type": "integer", "maximum": 4}}}}})
     assert info.image_sizes == ServiceInfo().image_sizes
     # The documented default (30) exceeds the reported limit: the slider must not start out of range.
     assert info.max_steps == 4 and info.default_steps == 4
+    assert parse_info({"limits": {"max_steps": 8}}).max_steps == ServiceInfo().max_steps  # only the schema counts
 
 
 def test_info_says_whether_the_api_needs_a_key():
