@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from app.config import MEDIA_TYPES, AppArgs, parse_size
 from app.http import ApiError
-from app.jobs import GenerationRequest, ImageJob
+from app.jobs import TASKS, GenerationRequest, ImageJob, Task
 
 MAX_SEED = 2**32 - 1
 
@@ -33,6 +33,9 @@ class Rules:
     args: AppArgs
     #: ``guidance_scale`` must be greater than this on the loaded model (a compiled Neuron batch >= 2).
     guidance_must_exceed: float | None = None
+    #: What the loaded model can do, and why it cannot edit when it cannot (e.g. no compiled VAE encoder).
+    tasks: tuple[Task, ...] = TASKS
+    why_no_editing: str | None = None
 
 
 def invalid(param: str | None, message: str, code: str = "invalid_value") -> ApiError:
@@ -225,6 +228,13 @@ _FIELDS = [
         "response_format", str, "Only 'b64_json' (the service stores no images, so it has no URLs to return).",
         choices=lambda r: ("b64_json",), default=lambda r: "b64_json",
     ),
+    RequestField(
+        "strength", float,
+        "POST /v1/images/edits: the share of the denoising steps run on the input image (1 ignores it); "
+        "steps x strength must reach 1.",
+        bounds=lambda r: (0.0, 1.0), exceeds=lambda r: (0.0, "0 would run no step on the input image"),
+        default=lambda r: r.args.default_strength,
+    ),
 ]
 
 #: Every request field, declared once.
@@ -233,6 +243,13 @@ REQUEST_FIELDS: dict[str, RequestField] = {f.name: f for f in _FIELDS}
 _COMMON = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "output_format")
 IMAGINE_FIELDS = _COMMON + ("width", "height")
 OPENAI_FIELDS = _COMMON + ("n", "size", "response_format")
+EDIT_FIELDS = OPENAI_FIELDS + ("strength",)
+#: The files of POST /v1/images/edits (multipart/form-data), described as the published schema shows them.
+EDIT_FILES = {
+    "image": "The image to edit: PNG, JPEG or WebP, one frame; scaled to cover 'size' and centre-cropped.",
+    "mask": "Optional. PNG or WebP with transparency, the image's size: fully transparent pixels mark where to "
+            "re-draw (inpainting); without it the whole image is re-drawn (img2img).",
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,19 +315,53 @@ def parse_openai_body(body: Any, rules: Rules) -> GenerationRequest:
     """Validate a ``POST /v1/images/generations`` JSON body (already decoded)."""
     if not isinstance(body, dict):
         raise invalid(None, "the request body must be a JSON object", "invalid_json")
-    for key in body:
-        if key not in OPENAI_FIELDS and key not in IGNORED_OPENAI_FIELDS:
-            raise invalid(
-                key[:_QUOTE_LIMIT],
-                f"{quoted(key)} is not supported by this service; supported fields: {', '.join(OPENAI_FIELDS)}",
-                "unsupported_parameter",
-            )
+    _unknown_openai_keys(body, OPENAI_FIELDS)
     for key in IGNORED_OPENAI_FIELDS & body.keys():
         if body[key] is not None and not isinstance(body[key], str):
             raise invalid(key, f"'{key}' must be a string", "invalid_type")
     parsed = _collect(body, OPENAI_FIELDS, rules, from_query=False)
     width, height = parse_size(parsed["size"])
     return GenerationRequest(jobs=_jobs(parsed, width, height, count=parsed["n"]), output_format=parsed["output_format"])
+
+
+def _unknown_openai_keys(keys, allowed: tuple[str, ...]) -> None:
+    for key in keys:
+        if key not in allowed and key not in IGNORED_OPENAI_FIELDS:
+            raise invalid(
+                key[:_QUOTE_LIMIT],
+                f"{quoted(key)} is not supported by this service; supported fields: {', '.join(allowed)}",
+                "unsupported_parameter",
+            )
+
+
+def parse_edit_form(upload, rules: Rules) -> GenerationRequest:
+    """Validate a ``POST /v1/images/edits`` body (an :class:`app.uploads.Upload`): fields, then the files."""
+    from app.uploads import fit, mask_from, open_image, to_rgb
+
+    _unknown_openai_keys(list(upload.fields) + list(upload.files), EDIT_FIELDS + tuple(EDIT_FILES))
+    if "image" not in upload.files:
+        raise invalid("image", "'image' is required: the image to edit, as a multipart file", "missing_value")
+    parsed = _collect(upload.fields, EDIT_FIELDS, rules, from_query=True)
+    task: Task = "inpaint" if "mask" in upload.files else "img2img"
+    if task not in rules.tasks:
+        raise invalid("image", f"this model cannot do {task}: {rules.why_no_editing or 'not supported'}",
+                      "unsupported_value")
+    if int(parsed["steps"] * parsed["strength"]) < 1:
+        raise invalid("strength", f"'steps' x 'strength' ({parsed['steps']} x {shown_number(parsed['strength'])}) runs "
+                                  "no denoising step: raise either", "out_of_range")
+    width, height = parse_size(parsed["size"])
+    max_pixels = rules.args.max_upload_pixels
+    uploaded = open_image(upload.files["image"], "image", max_pixels)
+    image = fit(to_rgb(uploaded), width, height)
+    mask = None
+    if task == "inpaint":
+        mask = fit(mask_from(open_image(upload.files["mask"], "mask", max_pixels), uploaded), width, height,
+                   resample=0)  # nearest: the mask stays two-valued
+    jobs = tuple(
+        replace(job, task=task, image=image, mask=mask, strength=parsed["strength"])
+        for job in _jobs(parsed, width, height, count=parsed["n"])
+    )
+    return GenerationRequest(jobs=jobs, output_format=parsed["output_format"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -325,10 +376,20 @@ def _route_schema(names: tuple[str, ...], rules: Rules, extra: dict[str, dict] |
 
 
 def request_schema(rules: Rules) -> dict:
-    """Each route's request as JSON Schema: the contract ``/info`` publishes and clients build forms from."""
+    """Each route's request as JSON Schema: the contract ``/info`` publishes and clients build forms from.
+
+    ``images_edits`` describes the multipart form: its text fields as their values, the files as binary
+    strings (OpenAPI's convention); it is present only when the model can edit.
+    """
     ignored = {name: {"type": "string", "description": "Accepted and ignored (OpenAI clients send it)."}
                for name in sorted(IGNORED_OPENAI_FIELDS)}
-    return {
+    schemas = {
         "imagine": _route_schema(IMAGINE_FIELDS, rules),
         "images_generations": _route_schema(OPENAI_FIELDS, rules, ignored),
     }
+    if {"img2img", "inpaint"} & set(rules.tasks):
+        files = {name: {"type": "string", "format": "binary", "description": text} for name, text in EDIT_FILES.items()}
+        edits = _route_schema(EDIT_FIELDS, rules, {**files, **ignored})
+        edits["required"] = ["image", *edits["required"]]
+        schemas["images_edits"] = edits
+    return schemas

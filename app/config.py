@@ -130,7 +130,26 @@ class AppArgs(BaseModel):
     max_body_bytes: int = Field(
         default=65536, ge=1024, le=10 * 1024 * 1024, description="Largest request body; larger bodies get 413."
     )
+    default_strength: float = Field(
+        default=0.8, gt=0.0, le=1.0, allow_inf_nan=False,
+        description=(
+            "How much of an edited image is re-drawn when a request gives no strength: the share of the "
+            "denoising steps run (1 ignores the input image)."
+        ),
+    )
+    max_upload_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024,
+        description="Largest POST /v1/images/edits body (image, mask and fields together); larger ones get 413.",
+    )
+    max_upload_pixels: int = Field(
+        default=16 * 1024 * 1024, ge=64 * 64, le=64 * 1024 * 1024,
+        description=(
+            "Largest uploaded image or mask, in pixels (width x height), checked from its header before "
+            "any pixel is decoded: a small file can declare a huge image."
+        ),
+    )
     default_output_format: OutputFormat = Field(default="png", description="Image format when a request gives none.")
+
     png_compress_level: int = Field(
         default=1,
         ge=0,

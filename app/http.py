@@ -20,6 +20,7 @@ RETRY_AFTER_S = 5
 ROUTES: dict[str, tuple[str, ...]] = {
     "/imagine": ("GET",),
     "/v1/images/generations": ("POST",),
+    "/v1/images/edits": ("POST",),
     "/healthz": ("GET", "HEAD"),  # HEAD: probes and load balancers that only look at the status
     "/info": ("GET",),
 }

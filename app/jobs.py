@@ -6,7 +6,12 @@ scheduler (``app.batching``, ``app.scheduling``) groups them, the backends (``ap
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: What a job asks of the model: draw from text, re-draw a whole image, or re-draw a masked region.
+Task = Literal["generate", "img2img", "inpaint"]
+TASKS: tuple[Task, ...] = ("generate", "img2img", "inpaint")
 
 
 @dataclass(frozen=True)
@@ -20,13 +25,21 @@ class ImageJob:
     guidance_scale: float
     width: int
     height: int
+    task: Task = "generate"
+    #: The input image of an edit (PIL, RGB, already at width x height); None for "generate".
+    image: Any = field(default=None, compare=False, repr=False)
+    #: For "inpaint": where to re-draw (PIL "L", 255 = re-draw), at width x height.
+    mask: Any = field(default=None, compare=False, repr=False)
+    #: For edits: the share of the steps run on the input image (1 = ignore it).
+    strength: float | None = None
 
     @property
     def batch_key(self) -> tuple:
-        # A pipeline call has one step count, size and guidance scale. Jobs with and without a
-        # negative prompt are kept apart too: SDXL uses zero embeddings for "no negative prompt" but
-        # encodes "" for an empty one, so mixing them would change the image a seed produces.
-        return (self.width, self.height, self.steps, self.guidance_scale, self.negative_prompt is not None)
+        # A pipeline call has one task, step count, size, guidance scale and strength. Jobs with and
+        # without a negative prompt are kept apart too: SDXL uses zero embeddings for "no negative
+        # prompt" but encodes "" for an empty one, so mixing them would change the image a seed produces.
+        return (self.task, self.width, self.height, self.steps, self.guidance_scale, self.strength,
+                self.negative_prompt is not None)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ Routes (relative to the application's route prefix, ``/serve`` in the chart and 
 
 * ``GET  /imagine``                 image bytes; query fields from :data:`app.api.REQUEST_FIELDS`
 * ``POST /v1/images/generations``   OpenAI Images API shape, ``b64_json`` only
+* ``POST /v1/images/edits``         OpenAI's multipart edit: img2img, or inpainting with a mask
 * ``GET  /healthz``                 200 when the model is loaded and working, else 503
 * ``GET  /info``                    backend, model, sizes and each route's request JSON Schema
 
@@ -29,13 +30,14 @@ from ray.serve.config import BackpressureConfig
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.api import Rules, parse_imagine_query, parse_openai_body, request_schema
+from app.api import Rules, parse_edit_form, parse_imagine_query, parse_openai_body, request_schema
 from app.batching import plan_pipeline_calls
 from app.config import MEDIA_TYPES, deployment_warnings, parse_app_args, read_api_key
 from app.encoding import EncoderSettings, encode_image
 from app.http import RETRY_AFTER_S, ApiError, authorize, error_response, not_ready, read_json, resolve_route
 from app.jobs import GenerationRequest, ImageJob
 from app.scheduling import PipelineState
+from app.uploads import read_multipart
 
 logger = logging.getLogger("ray.serve")
 
@@ -87,7 +89,8 @@ class SDXLService:
         started = time.perf_counter()
         backend = load_backend(self.args)
         self.load_s = round(time.perf_counter() - started, 3)
-        self.rules = Rules(self.args, guidance_must_exceed=backend.guidance_must_exceed)
+        self.rules = Rules(self.args, guidance_must_exceed=backend.guidance_must_exceed, tasks=backend.tasks,
+                           why_no_editing=backend.why_no_editing)
         self.pipeline = PipelineState(backend.batch_size)
         # Gather at most one pipeline call's worth of images per batch: a larger gather would make the
         # first compatible group wait for every other group in the same batch.
@@ -147,6 +150,8 @@ class SDXLService:
             raise not_ready()
         if path == "/imagine":
             return await self._imagine(request)
+        if path == "/v1/images/edits":
+            return await self._images_edits(request)
         return await self._images_generations(request)
 
     def _healthz(self) -> Response:
@@ -164,7 +169,9 @@ class SDXLService:
             "image_sizes": list(args.image_sizes),
             "default_size": args.image_sizes[0],
             "batch_size": args.batch_size,
+            "tasks": list(self.rules.tasks),
             "max_body_bytes": args.max_body_bytes,
+            "max_upload_bytes": args.max_upload_bytes,
             "auth_required": self.api_key is not None,
             "request_schema": request_schema(self.rules),
             "backend_details": self.backend.details,
@@ -195,6 +202,17 @@ class SDXLService:
 
     async def _images_generations(self, request: Request) -> Response:
         parsed = parse_openai_body(await read_json(request, self.args.max_body_bytes), self.rules)
+        return await self._images_response(parsed)
+
+    async def _images_edits(self, request: Request) -> Response:
+        upload = await read_multipart(request, self.args.max_upload_bytes)
+        # Decoding an upload (up to max_upload_pixels) is CPU work: off the event loop, like encoding.
+        parsed = await asyncio.get_running_loop().run_in_executor(
+            self._encoder_threads, parse_edit_form, upload, self.rules)
+        return await self._images_response(parsed)
+
+    async def _images_response(self, parsed: GenerationRequest) -> Response:
+        """The OpenAI Images API answer (``b64_json``), shared by generations and edits."""
         results = await self._render(parsed)
         encoded = await asyncio.gather(*(self._encode(r.image, parsed.output_format, as_base64=True) for r in results))
         job = parsed.jobs[0]

@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any
 from app.api import MAX_SEED
 from app.ui_client import (
     ApiError,
+    EditRequest,
     GenerationRequest,
     GenerationResult,
     InvalidUIArgs,
     ServiceInfo,
     UIArgs,
     api_key_from_env,
+    edit,
     fetch_info,
     generate,
     parse_ui_args,
@@ -44,9 +46,10 @@ _GUIDANCE_STEP = 0.1
 # Generated files are handed to Gradio by path; older ones are pruned so a long-running UI replica
 # does not fill its disk. Gradio's own cache copy is cleaned by ``delete_cache`` below.
 _KEEP_FILES_S = 3600
-# The page has no upload control, but Gradio's app still offers an upload route; without a cap anyone
-# could fill the replica's /tmp (on a worker, the emptyDir the SDXL replicas share).
-_MAX_UPLOAD = "1mb"
+# Gradio's upload route takes the image to edit; capped so that nobody fills the replica's /tmp (on a
+# worker, the emptyDir the SDXL replicas share). The API's own max_upload_bytes (8 MiB by default) then
+# decides, and its 413 is shown in words.
+_MAX_UPLOAD = "10mb"
 
 _CSS = """
 #status .ui-error { border: 1px solid #dc2626; background: #fef2f2; color: #7f1d1d; padding: 0.6em 0.8em;
@@ -113,6 +116,37 @@ def _request_from_controls(
     )
 
 
+def _png(image) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _edit_inputs(editor_value: dict | None) -> tuple[bytes, bytes | None]:
+    """The image editor's picture as PNG, and a mask PNG under OpenAI's rule (transparent where the visitor
+    painted; None when nothing was painted: the whole image is re-drawn)."""
+    from PIL import Image, ImageChops
+
+    background = (editor_value or {}).get("background")
+    if background is None:
+        raise ApiError("Upload an image to edit first.", kind="invalid_request", param="image")
+    image = background.convert("RGBA")
+    painted = Image.new("L", image.size, 0)
+    for layer in (editor_value or {}).get("layers") or []:
+        if layer is not None:
+            alpha = layer.convert("RGBA").getchannel("A")
+            painted = ImageChops.lighter(painted, alpha.resize(image.size))
+    white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+    picture = _png(Image.alpha_composite(white, image).convert("RGB"))
+    if painted.getbbox() is None:
+        return picture, None
+    mask = Image.new("RGBA", image.size, (0, 0, 0, 255))
+    mask.putalpha(painted.point(lambda value: 0 if value else 255))
+    return picture, _png(mask)
+
+
 def _guidance_minimum(info: ServiceInfo) -> float:
     """The slider's lowest value: 0, or just above what the service's model requires (exclusiveMinimum)."""
     return 0.0 if info.guidance_above is None else round(info.guidance_above + _GUIDANCE_STEP, 6)
@@ -140,8 +174,9 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
 
     def run(request: GenerationRequest, visitor_key: str | None) -> tuple[Any, ...]:
         visitor_key = None if own_key else (visitor_key or "").strip() or None
+        call = edit if isinstance(request, EditRequest) else generate
         try:
-            result = generate(args.api_url, request, api_key=own_key or visitor_key, timeout_s=args.request_timeout_s)
+            result = call(args.api_url, request, api_key=own_key or visitor_key, timeout_s=args.request_timeout_s)
         except ApiError as error:
             message = error.message
             if error.kind == "unauthorized" and not own_key:
@@ -163,6 +198,19 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
         except ApiError as error:
             return None, _error_html(error.message), "", "", gr.skip()
         return run(request, visitor_key)
+
+    def on_edit(editor_value, strength, prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size,
+                output_format, visitor_key):
+        try:
+            request = _request_from_controls(
+                prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size, output_format
+            )
+            image_png, mask_png = _edit_inputs(editor_value)
+        except ApiError as error:
+            return None, _error_html(error.message), "", "", gr.skip()
+        edit_request = EditRequest(**dataclasses.asdict(request), image=image_png, mask=mask_png,
+                                   strength=float(strength) if strength is not None else None)
+        return run(edit_request, visitor_key)
 
     def on_reproduce(last: GenerationRequest | None, visitor_key: str | None):
         if last is None:
@@ -224,6 +272,14 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
                 with gr.Row():
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                     reproduce_button = gr.Button("Reproduce (same seed)", elem_id="reproduce")
+                with gr.Accordion("Edit an image", open=False, elem_id="edit-section"):
+                    editor = gr.ImageEditor(
+                        label="Image to edit: paint where to change it (nothing painted: the whole image is re-drawn)",
+                        type="pil", sources=("upload", "clipboard"), transforms=(), elem_id="edit-image",
+                    )
+                    strength = gr.Slider(label="Strength (how much is re-drawn)", minimum=0.05, maximum=1.0,
+                                         value=defaults.default_strength, step=0.05, elem_id="strength")
+                    edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column(scale=1):
                 image = gr.Image(label="Image", type="filepath", interactive=False, elem_id="result-image")
                 status = gr.HTML("", elem_id="status")
@@ -237,6 +293,7 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
         # api_name=False: the page is for people; scripts have the API itself (and its key check).
         generate_button.click(on_generate, inputs=controls, outputs=outputs, api_name=False)
         prompt.submit(on_generate, inputs=controls, outputs=outputs, api_name=False)
+        edit_button.click(on_edit, inputs=[editor, strength, *controls], outputs=outputs, api_name=False)
         reproduce_button.click(on_reproduce, inputs=[last, visitor_key], outputs=[*outputs, seed, random_seed],
                                api_name=False)
         blocks.load(on_load, outputs=[status, service_line, steps, guidance, size, output_format, visitor_key],

@@ -8,6 +8,7 @@ image bytes or raises :class:`ApiError` carrying a message written for people.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ class ServiceInfo:
     max_prompt_chars: int = _API_DEFAULTS.max_prompt_chars
     #: ``guidance_scale`` must be greater than this on the service's model (JSON Schema exclusiveMinimum).
     guidance_above: float | None = None
+    default_strength: float = _API_DEFAULTS.default_strength
     max_seed: int = MAX_SEED
     default_output_format: str = _API_DEFAULTS.default_output_format
     output_formats: tuple[str, ...] = tuple(MEDIA_TYPES)
@@ -185,6 +187,13 @@ def parse_info(data: Any) -> ServiceInfo:
         if value is not None:
             values[attribute] = value
 
+    edits = schema.get("images_edits") if isinstance(schema, dict) else None
+    edit_fields = edits.get("properties") if isinstance(edits, dict) else None
+    strength = edit_fields.get("strength") if isinstance(edit_fields, dict) else None
+    default_strength = _number(strength.get("default"), float) if isinstance(strength, dict) else None
+    if default_strength is not None and 0 < default_strength <= 1:
+        values["default_strength"] = default_strength
+
     formats = keyword("output_format", "enum")
     if isinstance(formats, list):
         known = tuple(f for f in formats if f in MEDIA_TYPES)
@@ -235,6 +244,27 @@ class GenerationRequest:
         if self.output_format:
             params["output_format"] = self.output_format
         return params
+
+
+@dataclass(frozen=True)
+class EditRequest(GenerationRequest):
+    """``POST /v1/images/edits``: the image to edit (PNG bytes), an optional mask (transparent = re-draw)."""
+
+    image: bytes = field(default=b"", repr=False)
+    mask: bytes | None = field(default=None, repr=False)
+    strength: float | None = None
+
+    def form(self) -> tuple[dict[str, str], dict[str, tuple[str, bytes, str]]]:
+        """The multipart fields and files of the request."""
+        fields: dict[str, str] = {"prompt": self.prompt, "response_format": "b64_json"}
+        for name in ("negative_prompt", "seed", "steps", "guidance_scale", "size", "output_format", "strength"):
+            value = getattr(self, name)
+            if value is not None and value != "":
+                fields[name] = repr(float(value)) if isinstance(value, float) else str(value)
+        files = {"image": ("image.png", self.image, "image/png")}
+        if self.mask is not None:
+            files["mask"] = ("mask.png", self.mask, "image/png")
+        return fields, files
 
 
 @dataclass(frozen=True)
@@ -312,6 +342,13 @@ def error_from_response(response: httpx.Response) -> ApiError:
             kind="unauthorized",
             status=status,
             param=param,
+        )
+    if status == 413:
+        return ApiError(
+            f"The upload is too large for the service (HTTP 413{': ' + message if message else ''}). "
+            "Use a smaller or more compressed image.",
+            kind="invalid_request",
+            status=status,
         )
     if status == 504:
         return ApiError(
@@ -415,5 +452,43 @@ def generate(
         steps=_int_header(response, "X-Steps"),
         guidance_scale=_float_header(response, "X-Guidance-Scale"),
         size=response.headers.get("X-Image-Size"),
+        request=request,
+    )
+
+
+def edit(api_url: str, request: EditRequest, *, api_key: str | None = None, timeout_s: float = 300.0) -> GenerationResult:
+    """POST ``{api_url}/v1/images/edits`` (multipart) and return the first image with what the service used."""
+    if not request.prompt.strip():
+        raise ApiError("Write a prompt first: it says what the edited image should show.", kind="invalid_request",
+                       param="prompt")
+    if not request.image:
+        raise ApiError("Upload an image to edit first.", kind="invalid_request", param="image")
+    fields, files = request.form()
+    try:
+        with _client(timeout_s) as client:
+            response = client.post(f"{api_url}/v1/images/edits", data=fields, files=files, headers=_headers(api_key))
+    except httpx.TimeoutException as error:
+        raise ApiError(f"No image after {timeout_s:g} s: the service is slow or overloaded. Try again.",
+                       kind="timeout") from error
+    except httpx.TransportError as error:
+        raise _unreachable(api_url, error) from error
+    if response.status_code != 200:
+        raise error_from_response(response)
+    try:
+        body = response.json()
+        first = body["data"][0]
+        image = base64.b64decode(first["b64_json"], validate=True)
+        seed = int(first["seed"])
+    except (ValueError, KeyError, IndexError, TypeError) as error:
+        raise ApiError("The service answered 200 but sent no image.", kind="bad_response", status=200) from error
+    output_format = body.get("output_format") if isinstance(body.get("output_format"), str) else "png"
+    return GenerationResult(
+        image=image,
+        media_type=MEDIA_TYPES.get(output_format, "image/png"),
+        seed=seed,
+        generation_ms=body.get("generation_time_ms") if isinstance(body.get("generation_time_ms"), (int, float)) else None,
+        steps=body.get("steps") if isinstance(body.get("steps"), int) else None,
+        guidance_scale=body.get("guidance_scale") if isinstance(body.get("guidance_scale"), (int, float)) else None,
+        size=body.get("size") if isinstance(body.get("size"), str) else None,
         request=request,
     )

@@ -28,6 +28,9 @@ class ImageBackend(Protocol):
     details: dict
     #: ``guidance_scale`` must be greater than this for the loaded model (None: no rule of its own).
     guidance_must_exceed: float | None
+    #: What the loaded model can do ("generate", "img2img", "inpaint"), and why it cannot edit if it cannot.
+    tasks: tuple[str, ...]
+    why_no_editing: str | None
 
     def generate(self, jobs: Sequence[ImageJob]) -> list[Image]:
         """Blocking: one pipeline call for compatible jobs, one image per job, in order."""

@@ -1,20 +1,26 @@
-"""cuda and cpu: diffusers' ``StableDiffusionXLPipeline`` (fp16 on a GPU, fp32 on a CPU)."""
+"""cuda and cpu: diffusers' SDXL pipelines (fp16 on a GPU, fp32 on a CPU).
+
+Text-to-image loads ``StableDiffusionXLPipeline``; the img2img and inpainting pipelines are built from its
+already loaded modules with ``from_pipe`` (no second copy of any weight), so one replica serves all three.
+"""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
 from app.backends.pipeline_call import call_pipeline
 from app.config import AppArgs
-from app.jobs import ImageJob
+from app.jobs import TASKS, ImageJob
 
 
 class DiffusersBackend:
     fixed_batch = False
     guidance_must_exceed = None
+    tasks = TASKS
+    why_no_editing = None
 
     def __init__(self, args: AppArgs, source: str):
         self.device = "cuda" if args.backend == "cuda" else "cpu"
@@ -24,8 +30,18 @@ class DiffusersBackend:
         self.pipeline = StableDiffusionXLPipeline.from_pretrained(source, revision=args.model_revision, torch_dtype=dtype)
         self.pipeline.to(self.device)
         self.pipeline.set_progress_bar_config(disable=True)
+        self.pipelines = {
+            "generate": self.pipeline,
+            "img2img": StableDiffusionXLImg2ImgPipeline.from_pipe(self.pipeline),
+            "inpaint": StableDiffusionXLInpaintPipeline.from_pipe(self.pipeline),
+        }
+        for pipeline in self.pipelines.values():
+            pipeline.set_progress_bar_config(disable=True)
         self.batch_size = args.batch_size
         self.details = {"device": self.device, "dtype": str(dtype).removeprefix("torch.")}
 
     def generate(self, jobs: Sequence[ImageJob]) -> list:
-        return call_pipeline(self.pipeline, jobs, width=jobs[0].width, height=jobs[0].height)
+        first = jobs[0]
+        # img2img takes its size from the input image; the others are told the size.
+        size = {} if first.task == "img2img" else {"width": first.width, "height": first.height}
+        return call_pipeline(self.pipelines[first.task], jobs, **size)

@@ -20,6 +20,10 @@ Facts this adapter relies on (optimum-neuron 0.4.5, ``optimum/neuron/modeling_di
   makes the API refuse such requests with a 400 instead of a failing pipeline call.
 * ``compiler_version`` (the neuronx-cc that compiled the model) is recorded at export but never checked
   when a diffusion pipeline loads; a model compiled by a newer compiler than the image's is refused here.
+* Editing: ``NeuronStableDiffusionXLImg2ImgPipeline`` and ``...InpaintPipeline`` take the same export
+  (the exporter compiles the VAE encoder by default; inpainting runs with the base 4-channel UNet), and
+  ``from_pipe`` reuses the loaded compiled models, so they cost no NeuronCore memory. An export without
+  a compiled VAE encoder loads with ``vae_encoder`` None: such a replica serves text-to-image only.
 * With a local directory (and ``HF_HUB_OFFLINE=1``) loading makes no Hub calls.
 * The first inference is several times slower than the next: the replica warms up before reporting healthy.
 """
@@ -32,7 +36,7 @@ from typing import Sequence
 
 from app.backends.pipeline_call import call_pipeline
 from app.config import AppArgs
-from app.jobs import ImageJob
+from app.jobs import ImageJob, Task
 
 logger = logging.getLogger("ray.serve")
 
@@ -149,6 +153,22 @@ class NeuronBackend:
                     f"{batch_size}, no dynamic batching) runs only with classifier-free guidance: set "
                     "default_guidance_scale above 1, or export with --dynamic-batch-size"
                 )
+        self.pipelines = {"generate": self.pipeline}
+        self.tasks: tuple[Task, ...] = ("generate",)
+        self.why_no_editing: str | None = None
+        if getattr(self.pipeline, "vae_encoder", None) is None:
+            self.why_no_editing = (
+                f"{args.model_id} has no compiled vae_encoder (export it with optimum-cli export neuron, which "
+                "compiles it by default)"
+            )
+        else:
+            from optimum.neuron import NeuronStableDiffusionXLImg2ImgPipeline, NeuronStableDiffusionXLInpaintPipeline
+
+            self.pipelines["img2img"] = NeuronStableDiffusionXLImg2ImgPipeline.from_pipe(self.pipeline)
+            self.pipelines["inpaint"] = NeuronStableDiffusionXLInpaintPipeline.from_pipe(self.pipeline)
+            for pipeline in self.pipelines.values():
+                pipeline.set_progress_bar_config(disable=True)
+            self.tasks = ("generate", "img2img", "inpaint")
         # A fixed compiled batch is padded; a dynamic one takes whatever compatible images are waiting.
         self.fixed_batch = not self.dynamic_batch
         self.batch_size = batch_size if self.fixed_batch else args.batch_size
@@ -160,6 +180,7 @@ class NeuronBackend:
             "dynamic_batch_size": self.dynamic_batch,
             "data_parallel_mode": data_parallel_mode,
             "compiler_version": self.compiler_version,
+            "tasks": list(self.tasks),
             "installed_compiler_version": installed_compiler_version(),
         }
 
@@ -179,4 +200,4 @@ class NeuronBackend:
 
     def generate(self, jobs: Sequence[ImageJob]) -> list:
         # Size comes from the compiled graph; the planner pads ``jobs`` to a fixed compiled batch.
-        return call_pipeline(self.pipeline, jobs)
+        return call_pipeline(self.pipelines[jobs[0].task], jobs)

@@ -22,10 +22,23 @@ def seeded_generators(jobs: Sequence[ImageJob]) -> list[torch.Generator]:
     return [torch.Generator("cpu").manual_seed(job.seed) for job in jobs]
 
 
+def edit_inputs(jobs: Sequence[ImageJob]) -> dict:
+    """The pipeline arguments an edit adds: one input image (and mask) per job, and the shared strength."""
+    first = jobs[0]
+    if first.task == "generate":
+        return {}
+    inputs = {"image": [job.image for job in jobs], "strength": first.strength}
+    if first.task == "inpaint":
+        inputs["mask_image"] = [job.mask for job in jobs]
+    return inputs
+
+
 def call_pipeline(pipeline, jobs: Sequence[ImageJob], **extra) -> list:
-    """Run an SDXL pipeline on compatible jobs (same size, steps, guidance, negative-prompt presence)."""
+    """Run an SDXL pipeline of the jobs' task on compatible jobs (one batch key: task, size, steps,
+    guidance, strength, negative-prompt presence)."""
     first = jobs[0]
     negative = [job.negative_prompt for job in jobs] if first.negative_prompt is not None else None
+    extra.update(edit_inputs(jobs))
     with torch.inference_mode():
         result = pipeline(
             prompt=[job.prompt for job in jobs],

@@ -165,6 +165,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "max_images_per_request" (int .Values.generation.maxImagesPerRequest)
   "max_body_bytes" (int .Values.generation.maxBodyBytes)
   "default_output_format" .Values.generation.defaultOutputFormat
+  "default_strength" (float64 .Values.generation.defaultStrength)
+  "max_upload_bytes" (int .Values.generation.maxUploadBytes)
+  "max_upload_pixels" (int .Values.generation.maxUploadPixels)
   "png_compress_level" (int .Values.generation.pngCompressLevel)
   "jpeg_quality" (int .Values.generation.jpegQuality)
   "webp_quality" (int .Values.generation.webpQuality)

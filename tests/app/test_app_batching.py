@@ -21,6 +21,19 @@ def test_incompatible_jobs_never_share_a_call():
     assert [call.positions for call in calls] == [(0, 2), (1,), (3,), (4,), (5,)]
 
 
+def test_edits_never_share_a_call_with_text_to_image_or_another_task_or_strength():
+    from dataclasses import replace
+
+    image = object()  # the input image: not part of the key (each job keeps its own)
+    text = job(0)
+    img2img = replace(job(1), task="img2img", image=image, strength=0.8)
+    img2img_other_input = replace(job(2), task="img2img", image=object(), strength=0.8)
+    img2img_weaker = replace(job(3), task="img2img", image=image, strength=0.5)
+    inpaint = replace(job(4), task="inpaint", image=image, mask=object(), strength=0.8)
+    jobs = [text, img2img, img2img_other_input, img2img_weaker, inpaint]
+    assert partition_compatible(jobs) == [[0], [1, 2], [3], [4]]
+
+
 def test_negative_prompts_share_a_call_only_with_other_negative_prompts():
     # "no negative prompt" (zero embeddings) and a given one encode differently in SDXL.
     jobs = [job(0, negative="a"), job(1, negative="b"), job(2)]

@@ -31,7 +31,7 @@ from tests.support.neuron_export import SDK_2_26_COMPILER, write_fake_neuron_exp
 from tests.support.serve_cluster import REPO_ROOT, api_application, deploy_config, embedded_model_dir, local_serve
 
 FAKE_NEURON_DIR = Path(__file__).resolve().parents[1] / "support" / "fake_neuron"
-EXPORTS_DIR = REPO_ROOT / ".cache" / "fake-neuron-exports"
+EXPORTS_DIR = REPO_ROOT / ".cache" / "fake-neuron-exports-v2"
 #: The compiled size is not square, so a width/height mix-up anywhere on the way shows.
 COMPILED_WIDTH, COMPILED_HEIGHT = 128, 64
 COMPILED_SIZE = f"{COMPILED_WIDTH}x{COMPILED_HEIGHT}"
@@ -201,6 +201,36 @@ def test_a_dynamic_batch_model_is_not_padded_and_takes_any_guidance(fake_neuron)
     assert backend.pipeline.calls[-1]["prompts"] == 1  # no padding
 
 
+def edit_job(task: str, guidance_scale: float = 5.0):
+    from dataclasses import replace
+
+    image = Image.new("RGB", (COMPILED_WIDTH, COMPILED_HEIGHT), (200, 40, 40))
+    mask = Image.new("L", (COMPILED_WIDTH, COMPILED_HEIGHT), 0)
+    mask.paste(255, (16, 16, 64, 48))
+    job = ImageJob("a cat", None, 7, 4, guidance_scale, COMPILED_WIDTH, COMPILED_HEIGHT)
+    return replace(job, task=task, image=image, mask=mask if task == "inpaint" else None, strength=0.5)
+
+
+def test_an_export_with_a_vae_encoder_edits_through_pipelines_sharing_the_loaded_models(fake_neuron):
+    from app.batching import plan_pipeline_calls
+
+    backend = load_neuron_backend()
+    assert backend.tasks == ("generate", "img2img", "inpaint")
+    for task in ("img2img", "inpaint"):
+        assert backend.pipelines[task]._inner.unet is backend.pipeline._inner.unet  # from_pipe: no second copy
+        (call,) = plan_pipeline_calls([edit_job(task)], backend.batch_size, fixed_batch=backend.fixed_batch)
+        assert len(call.jobs) == 2  # padded to the compiled batch, as text-to-image is
+        assert backend.generate(call.jobs)[0].size == (COMPILED_WIDTH, COMPILED_HEIGHT)
+        assert backend.pipeline.calls[-1]["task"] == task
+
+
+def test_an_export_without_a_vae_encoder_serves_text_to_image_only_and_says_why(fake_neuron):
+    backend = load_neuron_backend(model_id=str(fake_export(vae_encoder=False)))
+    assert backend.tasks == ("generate",)
+    assert "no compiled vae_encoder" in backend.why_no_editing
+    assert render_one(backend).size == (COMPILED_WIDTH, COMPILED_HEIGHT)
+
+
 # --------------------------------------------------------------------------------------------------
 # Over HTTP on a local Ray that advertises NeuronCores (the fake module reaches replicas via PYTHONPATH)
 
@@ -305,3 +335,17 @@ def test_info_shows_the_compiler_that_built_the_model(client):
     details = client.get("/info").json()["backend_details"]
     assert details["compiler_version"] == SDK_2_26_COMPILER
     assert details["installed_compiler_version"] == SDK_2_26_COMPILER
+
+
+@pytest.mark.ray
+def test_an_edit_on_the_fake_neuron_replica_is_padded_and_rendered_at_the_compiled_size(client):
+    buffer = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 120, 200)).save(buffer, format="PNG")
+    response = client.post("/v1/images/edits", data={"prompt": "a cat", "seed": "3", "steps": "3"},
+                           files={"image": ("in.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 200, response.text
+    import base64
+
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["data"][0]["b64_json"])))
+    assert image.size == (COMPILED_WIDTH, COMPILED_HEIGHT)
+    assert client.get("/info").json()["tasks"] == ["generate", "img2img", "inpaint"]

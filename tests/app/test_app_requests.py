@@ -159,3 +159,22 @@ def test_unknown_names_are_quoted_escaped_and_cut_short_in_the_message():
     assert error.code == "unsupported_parameter" and len(error.param) == 64
     assert "\\ud800" in error.message and "(501 characters)" in error.message
     error.message.encode("utf-8")  # the message itself is always valid text
+
+
+def test_an_edit_on_a_model_that_cannot_edit_is_a_400_naming_the_missing_piece():
+    import io
+
+    from PIL import Image
+
+    from app.api import parse_edit_form
+    from app.uploads import Upload
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 96)).save(buffer, format="PNG")
+    upload = Upload(fields={"prompt": "a cat"}, files={"image": buffer.getvalue()})
+    text_only = Rules(ARGS, tasks=("generate",), why_no_editing="model x has no compiled vae_encoder")
+    with pytest.raises(ApiError, match="this model cannot do img2img: model x has no compiled vae_encoder") as refused:
+        parse_edit_form(upload, text_only)
+    assert (refused.value.status, refused.value.param) == (400, "image")
+    (job,) = parse_edit_form(upload, RULES).jobs
+    assert (job.task, job.image.size, job.strength) == ("img2img", (128, 96), ARGS.default_strength)

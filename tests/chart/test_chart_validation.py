@@ -51,11 +51,14 @@ def violations():
         if not path:
             continue
         if kind in ("integer", "number"):
-            cases.append(pytest.param(path, node["minimum"] - 1, id=f"{where} < minimum"))
+            if "exclusiveMinimum" in node:
+                cases.append(pytest.param(path, node["exclusiveMinimum"], id=f"{where} = exclusiveMinimum"))
+            else:
+                cases.append(pytest.param(path, node["minimum"] - 1, id=f"{where} < minimum"))
             cases.append(pytest.param(path, node["maximum"] + 1, id=f"{where} > maximum"))
             cases.append(pytest.param(path, "7", id=f"{where}: a string"))
             if kind == "integer":
-                cases.append(pytest.param(path, node["minimum"] + 0.5, id=f"{where}: not an integer"))
+                cases.append(pytest.param(path, node.get("minimum", 0) + 0.5, id=f"{where}: not an integer"))
         elif kind == "string":
             cases.append(pytest.param(path, 7, id=f"{where}: a number"))
             if "enum" in node:
@@ -97,7 +100,9 @@ def test_every_schema_field_is_typed_and_described_and_every_object_is_closed():
             problems.append(f"{where}: missing type or description")
         if node.get("type") == "object" and "additionalProperties" not in node:
             problems.append(f"{where}: additionalProperties not set")
-        if node.get("type") in ("integer", "number") and not {"minimum", "maximum"} <= node.keys():
+        if node.get("type") in ("integer", "number") and not (
+            "maximum" in node and {"minimum", "exclusiveMinimum"} & node.keys()
+        ):
             problems.append(f"{where}: unbounded number")
         if node.get("type") == "string" and not ({"enum", "pattern", "maxLength"} & node.keys()):
             problems.append(f"{where}: unbounded string")

@@ -83,6 +83,9 @@ APP_ARGS = [
     ({"generation": {"pngCompressLevel": 6}}, "png_compress_level", 6),
     ({"generation": {"jpegQuality": 70}}, "jpeg_quality", 70),
     ({"generation": {"webpQuality": 60}}, "webp_quality", 60),
+    ({"generation": {"defaultStrength": 0.6}}, "default_strength", 0.6),
+    ({"generation": {"maxUploadBytes": 1000000}}, "max_upload_bytes", 1000000),
+    ({"generation": {"maxUploadPixels": 4000000}}, "max_upload_pixels", 4000000),
     ({"apiKey": {"existingSecret": "key", "envName": "MY_API_KEY"}}, "api_key_env", "MY_API_KEY"),
 ]
 

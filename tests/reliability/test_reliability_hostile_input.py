@@ -30,7 +30,7 @@ TIMEOUT_S = 60.0
 
 FIELDS = (
     "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "output_format",
-    "n", "size", "response_format", "quality", "style", "model", "user",
+    "n", "size", "response_format", "quality", "style", "model", "user", "strength", "image", "mask", "image[]",
 )
 
 SPECIAL_STRINGS = (
@@ -111,6 +111,74 @@ content_types = st.one_of(
     st.sampled_from(["text/plain", "application/x-www-form-urlencoded", "", "application/JSON", "multipart/form-data"]),
 )
 
+def _image_bytes(fmt: str, mode: str, width: int, height: int, frames: int) -> bytes:
+    images = [Image.new(mode, (width, height), index * 40) for index in range(frames)]
+    buffer = io.BytesIO()
+    options = {"save_all": True, "append_images": images[1:]} if frames > 1 else {}
+    try:
+        images[0].save(buffer, format=fmt, **options)
+    except (OSError, ValueError, KeyError):  # a mode this format cannot store: an RGB PNG instead
+        buffer = io.BytesIO()
+        images[0].convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+real_images = st.builds(
+    _image_bytes,
+    st.sampled_from(["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"]),
+    st.sampled_from(["RGB", "RGBA", "L", "LA", "P", "1", "CMYK", "I;16"]),
+    st.integers(1, 700),
+    st.integers(1, 700),
+    st.integers(1, 3),
+)
+
+
+def _corrupted(data: bytes, cut: float, flips: list[int]) -> bytes:
+    damaged = bytearray(data[: max(1, int(len(data) * cut))])
+    for position in flips:
+        damaged[position % len(damaged)] ^= 0xFF
+    return bytes(damaged)
+
+
+#: Image bytes as a careless or hostile client uploads them: real images of every format, mode, size and
+#: frame count, truncated or bit-flipped ones, and plain garbage.
+upload_bytes = st.one_of(
+    real_images,
+    st.builds(_corrupted, real_images, st.floats(0.05, 1.0), st.lists(st.integers(0, 10**6), max_size=4)),
+    st.binary(max_size=256),
+)
+multipart_parts = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(FIELDS), nasty_text.map(lambda t: t.encode("utf-8", "surrogatepass"))),
+        st.tuples(st.sampled_from(["image", "mask", "image[]", "prompt", "x"]), upload_bytes, st.just(True)),
+    ),
+    max_size=6,
+)
+
+
+def _multipart(parts: list[tuple], boundary: str) -> bytes:
+    body = b""
+    for part in parts:
+        name, value = part[0], part[1]
+        disposition = f'form-data; name="{name}"' + ('; filename="upload.png"' if len(part) == 3 else "")
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode()
+
+
+multipart_bodies = st.one_of(
+    multipart_parts.map(lambda parts: _multipart(parts, "b0undary")),
+    # Half the time a valid prompt and image, so the other parts are what gets judged.
+    st.tuples(nasty_text, upload_bytes, multipart_parts).map(
+        lambda p: _multipart([("prompt", (p[0] or "x").encode("utf-8", "surrogatepass")), ("image", p[1], True), *p[2]],
+                             "b0undary")),
+    multipart_parts.map(lambda parts: _multipart(parts, "b0undary")[:-7]),  # cut before the closing boundary
+    st.binary(max_size=128),
+)
+multipart_types = st.sampled_from(
+    ["multipart/form-data; boundary=b0undary", "multipart/form-data", "multipart/form-data; boundary=other",
+     "application/json", "", 'multipart/form-data; boundary="b0undary"']
+)
+
 HOSTILE_SETTINGS = settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
@@ -189,6 +257,19 @@ def test_no_request_body_gets_a_server_error(api, client, body, content_type):
     headers = {"Content-Type": content_type} if content_type else {}
     response = client.post(f"{api}/v1/images/generations", content=body, headers=headers)
     assert_answer_is_sound(response, f"POST {content_type!r} {body[:200]!r}")
+    if response.status_code == 200:
+        data = response.json()["data"]
+        assert data
+        for item in data:
+            assert_real_image(base64.b64decode(item["b64_json"], validate=True), SERVED_SIZES)
+
+
+@given(body=multipart_bodies, content_type=multipart_types)
+@HOSTILE_SETTINGS
+def test_no_upload_gets_a_server_error(api, client, body, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(f"{api}/v1/images/edits", content=body, headers=headers)
+    assert_answer_is_sound(response, f"POST edits {content_type!r} {body[:120]!r}")
     if response.status_code == 200:
         data = response.json()["data"]
         assert data

@@ -28,6 +28,7 @@ def write_fake_neuron_export(
     num_images_per_prompt: int = 1,
     dynamic_batch_size: bool = False,
     compiler_version: str = SDK_2_26_COMPILER,
+    vae_encoder: bool = True,
 ) -> Path:
     """Write a compiled-looking copy of the diffusers model at ``source`` into ``target`` (once)."""
     if (target / "model_index.json").is_file():
@@ -52,5 +53,8 @@ def write_fake_neuron_export(
         config = json.loads(path.read_text())
         config["neuron"] = {**common, **shape}
         path.write_text(json.dumps(config, indent=2))
+    if vae_encoder:  # the exporter compiles the VAE encoder into its own folder, by default
+        (staging / "vae_encoder").mkdir()
+        shutil.copyfile(staging / "vae" / "config.json", staging / "vae_encoder" / "config.json")
     staging.rename(target)
     return target

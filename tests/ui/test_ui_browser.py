@@ -23,7 +23,9 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
-    "--disable-gpu",
+    # Software WebGL: the image editor (pixi.js) draws brush strokes with it.
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
     "--disable-dev-shm-usage",
     "--disable-background-networking",
     "--disable-component-update",
@@ -68,6 +70,11 @@ def service():
         keyed_api,
         {"name": "ui-keyed", "route_prefix": "/ui-keyed", "import_path": "app.ui:build_ui_app",
          "args": {"api_url": "{root}/keyed"}},
+        # A copy of the API that takes uploads of at most 64 KiB, and a UI in front of it.
+        api_application(fast_embedded_args(max_upload_bytes=64 * 1024, warmup=False),
+                        {"ray_actor_options": {"num_cpus": 0.3}}, name="small", route_prefix="/small"),
+        {"name": "ui-small", "route_prefix": "/ui-small", "import_path": "app.ui:build_ui_app",
+         "args": {"api_url": "{root}/small"}},
         {
             "name": "ui-down",
             "route_prefix": "/ui-down",
@@ -289,3 +296,88 @@ def test_a_keyed_api_gets_each_visitors_key_and_the_page_holds_none(page, servic
 def test_an_open_api_shows_no_key_field(page, service):
     _open(page, f"{service.root}/ui/")
     assert not page.locator("#api-key input").is_visible()
+
+
+def _upload_to_editor(page, path: Path) -> None:
+    page.click("#edit-section .label-wrap")
+    page.set_input_files("#edit-image input[type=file]", str(path))
+
+
+def _click_and_wait_for_a_new_answer(page, button: str) -> None:
+    # Mark what the page shows now, so that the next answer is recognised as new.
+    page.evaluate("() => document.querySelectorAll('#status *').forEach(e => e.setAttribute('data-seen', ''))")
+    page.click(button)
+    page.wait_for_function(
+        "() => document.querySelector('#result-image img') || document.querySelector('#status .ui-error:not([data-seen])')",
+        timeout=UI_TIMEOUT_MS)
+
+
+def _edit(page) -> None:
+    """Click Edit until the editor has handed over the uploaded picture (it loads it asynchronously, and
+    the page answers "Upload an image to edit first" until then); return once the page shows the answer.
+    Between tries another message is shown, because Gradio leaves an unchanged message's element alone."""
+    for _ in range(30):
+        _click_and_wait_for_a_new_answer(page, "#edit")
+        if "Upload an image to edit first" not in page.inner_text("#status"):
+            return
+        _click_and_wait_for_a_new_answer(page, "#reproduce")  # "Generate an image first": a different message
+    raise AssertionError(f"the image editor never handed over the uploaded picture; failed requests: {page.failed}")
+
+
+def _paint_across_the_middle(page) -> None:
+    # The topmost of the editor's canvases takes the strokes; the brush is the default tool.
+    box = page.locator("#edit-image canvas").last.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(x - 40, y)
+    page.mouse.down()
+    page.mouse.move(x + 40, y + 10, steps=20)
+    page.mouse.up()
+
+
+def _fixed_seed(page, seed: int) -> None:
+    page.locator("#random-seed input").uncheck()
+    page.fill("#seed input", str(seed))
+
+
+def _noise_png(path: Path, size: tuple[int, int]) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@needs_chromium
+def test_edit_mode_uploads_an_image_and_the_painted_mask_changes_what_comes_back(page, service, tmp_path):
+    _open(page, f"{service.root}/ui/")
+    _upload_to_editor(page, _noise_png(tmp_path / "input.png", (160, 120)))
+    page.fill("#prompt textarea", "a lighthouse at dusk")
+    _fixed_seed(page, 4242)
+    _edit(page)  # nothing painted: the whole image is re-drawn (img2img)
+    assert page.locator("#status .ui-error").count() == 0, page.inner_text("#status")
+    seed, whole_src = _wait_for_result(page)
+    assert seed == 4242
+    natural = page.evaluate("() => [document.querySelector('#result-image img').naturalWidth, "
+                            "document.querySelector('#result-image img').naturalHeight]")
+    assert natural == [128, 96]  # the service's default size: the upload was scaled and centre-cropped
+
+    _paint_across_the_middle(page)
+    page.click("#edit")  # the same seed and settings, now with a mask: inpainting
+    page.wait_for_function(
+        "(old) => { const img = document.querySelector('#result-image img');"
+        " return img && img.getAttribute('src') !== old && img.complete && img.naturalWidth > 0; }",
+        arg=whole_src, timeout=UI_TIMEOUT_MS)
+    _, masked_src = _wait_for_result(page)
+    _screenshot(page, "ui-edit.png")
+    assert page.request.get(masked_src).body() != page.request.get(whole_src).body()
+
+
+@needs_chromium
+def test_an_upload_over_the_services_limit_explains_itself(page, service, tmp_path):
+    _open(page, f"{service.root}/ui-small/")
+    _upload_to_editor(page, _noise_png(tmp_path / "large.png", (256, 256)))  # ~190 KB of noise > 64 KiB
+    page.fill("#prompt textarea", "a lighthouse at dusk")
+    _edit(page)
+    message = page.inner_text("#status")
+    assert "too large for the service" in message and "413" in message
+    assert page.locator("#result-image img").count() == 0

@@ -17,6 +17,11 @@ dict optimum-neuron's exporter writes into each component's config.json) and beh
   between the cores; without dynamic batching every core's share must equal the compiled UNet batch,
   so ``guidance_scale <= 1`` on a compiled batch >= 2 fails as it does on Inferentia2.
 
+* ``NeuronStableDiffusionXLImg2ImgPipeline`` / ``...InpaintPipeline`` are made with ``from_pipe`` from the
+  loaded text-to-image pipeline (sharing its models, as optimum-neuron's does) and resize the input image
+  to the compiled size; ``vae_encoder`` is None when the export has no compiled VAE encoder (the real
+  loader leaves it None when ``vae_encoder/`` has no model).
+
 While the file named by ``FAKE_NEURON_FAIL_FLAG`` exists, every call fails as a wedged NeuronCore would.
 Every ``__call__`` records the prompt count and ``NEURON_RT_VISIBLE_CORES`` in ``calls``.
 """
@@ -55,8 +60,9 @@ def _data_parallel_shares(batch: int, cores: int = 2) -> list[int]:
 class NeuronStableDiffusionXLPipeline:
     loads: list[dict] = []
 
-    def __init__(self, inner, neuron: dict[str, dict]):
+    def __init__(self, inner, neuron: dict[str, dict], vae_encoder=None):
         self._inner = inner
+        self.vae_encoder = vae_encoder
         self.vae_scale_factor = inner.vae_scale_factor
         self.neuron_configs = {
             name: SimpleNamespace(batch_size=config["static_batch_size"], dynamic_batch_size=config["dynamic_batch_size"])
@@ -80,12 +86,27 @@ class NeuronStableDiffusionXLPipeline:
         cls.loads.append({"model_id": str(model_id), "revision": revision})
         inner = StableDiffusionXLPipeline.from_pretrained(model_dir)
         inner.set_progress_bar_config(disable=True)
-        return cls(inner, neuron)
+        has_encoder = (model_dir / "vae_encoder" / "config.json").is_file()
+        return cls(inner, neuron, vae_encoder=inner.vae if has_encoder else None)
+
+    @classmethod
+    def from_pipe(cls, pipe: NeuronStableDiffusionXLPipeline):
+        """A pipeline of this class sharing ``pipe``'s (compiled) models."""
+        import diffusers
+
+        inner = getattr(diffusers, cls._DIFFUSERS_CLASS).from_pipe(pipe._inner)
+        made = cls.__new__(cls)
+        made.__dict__.update(pipe.__dict__)
+        made._inner = inner
+        made.calls = pipe.calls
+        return made
 
     def set_progress_bar_config(self, **kwargs):
         self.progress_bar_config = kwargs
 
     def __call__(self, *args, guidance_scale: float = 5.0, **kwargs):
+        if "image" in kwargs and self.vae_encoder is None:
+            raise AttributeError("'NoneType' object is not callable")  # what vae.encode() meets without an encoder
         flag = os.environ.get("FAKE_NEURON_FAIL_FLAG")
         if flag and Path(flag).exists():
             raise RuntimeError("fake NeuronCore failure: the device stopped answering")
@@ -106,11 +127,25 @@ class NeuronStableDiffusionXLPipeline:
                         f"the compiled batch {unet_batch}"
                     )
         static = self.unet.config.neuron
-        self.calls.append({"prompts": len(prompts), "visible_cores": os.environ.get("NEURON_RT_VISIBLE_CORES")})
-        return self._inner(
-            *args,
-            guidance_scale=guidance_scale,
-            height=static["static_height"] * self.vae_scale_factor,
-            width=static["static_width"] * self.vae_scale_factor,
-            **kwargs,
-        )
+        height, width = static["static_height"] * self.vae_scale_factor, static["static_width"] * self.vae_scale_factor
+        self.calls.append({"prompts": len(prompts), "visible_cores": os.environ.get("NEURON_RT_VISIBLE_CORES"),
+                           "task": self._TASK})
+        if "image" in kwargs:  # optimum-neuron resizes edit inputs to the compiled size
+            kwargs["image"] = [image.resize((width, height)) for image in kwargs["image"]]
+        if "mask_image" in kwargs:
+            kwargs["mask_image"] = [mask.resize((width, height)) for mask in kwargs["mask_image"]]
+        size = {} if self._TASK == "img2img" else {"height": height, "width": width}
+        return self._inner(*args, guidance_scale=guidance_scale, **size, **kwargs)
+
+    _TASK = "generate"
+    _DIFFUSERS_CLASS = "StableDiffusionXLPipeline"
+
+
+class NeuronStableDiffusionXLImg2ImgPipeline(NeuronStableDiffusionXLPipeline):
+    _TASK = "img2img"
+    _DIFFUSERS_CLASS = "StableDiffusionXLImg2ImgPipeline"
+
+
+class NeuronStableDiffusionXLInpaintPipeline(NeuronStableDiffusionXLPipeline):
+    _TASK = "inpaint"
+    _DIFFUSERS_CLASS = "StableDiffusionXLInpaintPipeline"
