@@ -173,3 +173,62 @@ async def run_in_rotation(
         for client in clients.values():
             await client.aclose()
     return results
+
+
+class AdjustableLoad:
+    """Closed-loop clients whose number can change while the run goes on (a ramp, a hold, a stop).
+
+    Run :meth:`run` in an event loop (any thread); from any thread, :meth:`set_clients` changes how
+    many clients send (a client above the count finishes its request, then idles) and :meth:`stop`
+    ends the run once every in-flight request has its answer. ``in_flight`` and ``samples`` are
+    readable at any time, so a sampler can watch the run second by second.
+    """
+
+    def __init__(
+        self,
+        make_request: RequestFactory,
+        *,
+        max_clients: int,
+        timeout_s: float,
+        backoff_on_503_s: float | None = None,
+    ) -> None:
+        self.make_request = make_request
+        self.max_clients = max_clients
+        self.timeout_s = timeout_s
+        self.backoff_on_503_s = backoff_on_503_s
+        self.clients = 0
+        self.in_flight = 0
+        self.samples: list[Sample] = []
+        self._stopping = False
+        self._counter = iter(range(10**9))
+
+    def set_clients(self, count: int) -> None:
+        self.clients = max(0, min(count, self.max_clients))
+
+    def stop(self) -> None:
+        self.clients = 0
+        self._stopping = True
+
+    async def _client(self, client: httpx.AsyncClient, slot: int) -> None:
+        while not self._stopping:
+            if slot >= self.clients:
+                await asyncio.sleep(0.05)
+                continue
+            method, url, kwargs = self.make_request(next(self._counter))
+            self.in_flight += 1
+            try:
+                sample = await _one(client, method, url, kwargs)
+            finally:
+                self.in_flight -= 1
+            self.samples.append(sample)
+            if sample.status == 503 and self.backoff_on_503_s is not None:
+                try:
+                    wait = float(sample.retry_after or 0)
+                except ValueError:
+                    wait = 0.0
+                await asyncio.sleep(min(max(wait, 0.0), self.backoff_on_503_s))
+
+    async def run(self) -> None:
+        limits = httpx.Limits(max_connections=self.max_clients + 4, max_keepalive_connections=self.max_clients + 4)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits) as client:
+            await asyncio.gather(*(self._client(client, slot) for slot in range(self.max_clients)))

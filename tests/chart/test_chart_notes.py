@@ -44,7 +44,7 @@ def test_notes_print_helm_test_upgrade_and_a_local_only_dashboard_command():
 
 def test_notes_describe_autoscaling_bounds_when_enabled():
     notes = render(scenario="autoscaling").notes
-    assert "between 1 and 48 replicas; 12 replicas (2 NeuronCores each) fit on one node, 1 to 4 nodes" in notes
+    assert "between 12 and 48 replicas; 12 replicas (2 NeuronCores each) fit on one node, 1 to 4 nodes" in notes
     assert "--reset-then-reuse-values --set autoscaling.maxReplicas=N" in notes
     assert "N is at most 48 (12 per node x workers.maxNodes=4)" in notes
 

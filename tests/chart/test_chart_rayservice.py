@@ -250,7 +250,7 @@ def test_autoscaling_replaces_fixed_replicas_with_serve_autoscaling():
     deployment = render(scenario="autoscaling").sdxl_deployment
     assert "num_replicas" not in deployment
     assert deployment["autoscaling_config"] == {
-        "min_replicas": 1,
+        "min_replicas": 12,
         "max_replicas": 48,
         "target_ongoing_requests": 1,
         "upscale_delay_s": 30,
