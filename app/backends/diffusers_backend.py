@@ -8,6 +8,7 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from app.api import ImageJob
+from app.backends.diffusers_options import apply_optimizations, load_vae
 from app.config import AppArgs
 
 
@@ -40,16 +41,26 @@ def call_pipeline(pipeline, jobs: Sequence[ImageJob], **extra) -> list:
 class DiffusersBackend:
     fixed_batch = False
 
-    def __init__(self, args: AppArgs, source: str):
+    def __init__(self, args: AppArgs, source: str, pipeline: StableDiffusionXLPipeline | None = None):
+        """Load ``source``, or take an already built ``pipeline`` (benchmarks build random-weight ones)."""
         self.device = "cuda" if args.backend == "cuda" else "cpu"
         dtype = torch.float16 if self.device == "cuda" else torch.float32
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("backend 'cuda' needs a GPU: set ray_actor_options.num_gpus to 1 and schedule on a GPU node")
-        self.pipeline = StableDiffusionXLPipeline.from_pretrained(source, revision=args.model_revision, torch_dtype=dtype)
-        self.pipeline.to(self.device)
+        if pipeline is None:
+            pipeline = StableDiffusionXLPipeline.from_pretrained(source, revision=args.model_revision, torch_dtype=dtype)
+        if args.vae_model_id:
+            pipeline.vae = load_vae(args.vae_model_id, dtype)
+        self.pipeline = pipeline.to(self.device, dtype)
+        apply_optimizations(self.pipeline, args.diffusers_optimizations)
         self.pipeline.set_progress_bar_config(disable=True)
         self.batch_size = args.batch_size
-        self.details = {"device": self.device, "dtype": str(dtype).removeprefix("torch.")}
+        self.details = {
+            "device": self.device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "optimizations": list(args.diffusers_optimizations),
+            "vae": args.vae_model_id or "the model's own",
+        }
 
     def generate(self, jobs: Sequence[ImageJob]) -> list:
         return call_pipeline(self.pipeline, jobs, width=jobs[0].width, height=jobs[0].height)
