@@ -22,6 +22,8 @@ DEFAULT_NEURON_MODEL = "aws-neuron/stable-diffusion-xl-base-1-0-1024x1024"
 EMBEDDED_MODEL = "embedded"
 
 Backend = Literal["neuron", "cuda", "cpu"]
+#: Speed options of the cuda/cpu backends (app/backends/diffusers_options.py), measured by bench/device_check.py.
+DiffusersOptimization = Literal["channels_last", "fuse_qkv", "compile_unet"]
 
 #: Every image encoding the service offers, with the media type it answers with.
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
@@ -171,6 +173,34 @@ class AppArgs(BaseModel):
         ),
     )
 
+    diffusers_optimizations: tuple[DiffusersOptimization, ...] = Field(
+        default=(),
+        max_length=3,
+        description=(
+            "cuda/cpu only. 'channels_last': NHWC convolutions in the UNet and VAE; 'fuse_qkv': one "
+            "matmul for q, k and v per attention (diffusers' fuse_qkv_projections); 'compile_unet': "
+            "torch.compile of the UNet (each new batch shape compiles first, minutes for SDXL). "
+            "Off by default; bench/device_check.py measures which help on a GPU."
+        ),
+    )
+    vae_model_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=512,
+        description=(
+            "cuda/cpu only: an AutoencoderKL (Hub id or local directory) used instead of the model's "
+            "VAE. SDXL's own VAE decodes in fp32 on cuda (its config says force_upcast: its "
+            "activations overflow fp16); madebyollin/sdxl-vae-fp16-fix decodes in fp16."
+        ),
+    )
+
+    @field_validator("diffusers_optimizations")
+    @classmethod
+    def _optimizations_are_unique(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(names)) != len(names):
+            raise ValueError("diffusers_optimizations lists an option twice")
+        return names
+
     @field_validator("image_sizes")
     @classmethod
     def _sizes_parse_and_are_unique(cls, sizes: tuple[str, ...]) -> tuple[str, ...]:
@@ -187,6 +217,11 @@ class AppArgs(BaseModel):
             raise ValueError(
                 f"default_guidance_scale ({self.default_guidance_scale}) must not exceed "
                 f"max_guidance_scale ({self.max_guidance_scale})"
+            )
+        if self.backend == "neuron" and (self.diffusers_optimizations or self.vae_model_id):
+            raise ValueError(
+                "diffusers_optimizations and vae_model_id apply to the cuda and cpu backends; "
+                "a Neuron model is compiled with its own VAE and graphs"
             )
         if self.backend == "neuron" and len(self.image_sizes) != 1:
             raise ValueError("backend 'neuron' supports exactly one image size: the one the model was compiled for")

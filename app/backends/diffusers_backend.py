@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
 
+from app.backends.diffusers_options import apply_optimizations, load_vae
 from app.backends.pipeline_call import call_pipeline
 from app.config import AppArgs
 from app.jobs import TASKS, ImageJob
@@ -22,13 +23,18 @@ class DiffusersBackend:
     tasks = TASKS
     why_no_editing = None
 
-    def __init__(self, args: AppArgs, source: str):
+    def __init__(self, args: AppArgs, source: str, pipeline: StableDiffusionXLPipeline | None = None):
+        """Load ``source``, or take an already built ``pipeline`` (benchmarks build random-weight ones)."""
         self.device = "cuda" if args.backend == "cuda" else "cpu"
         dtype = torch.float16 if self.device == "cuda" else torch.float32
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("backend 'cuda' needs a GPU: set ray_actor_options.num_gpus to 1 and schedule on a GPU node")
-        self.pipeline = StableDiffusionXLPipeline.from_pretrained(source, revision=args.model_revision, torch_dtype=dtype)
-        self.pipeline.to(self.device)
+        if pipeline is None:
+            pipeline = StableDiffusionXLPipeline.from_pretrained(source, revision=args.model_revision, torch_dtype=dtype)
+        if args.vae_model_id:
+            pipeline.vae = load_vae(args.vae_model_id, dtype)
+        self.pipeline = pipeline.to(self.device, dtype)
+        apply_optimizations(self.pipeline, args.diffusers_optimizations)
         self.pipeline.set_progress_bar_config(disable=True)
         self.pipelines = {
             "generate": self.pipeline,
@@ -38,7 +44,12 @@ class DiffusersBackend:
         for pipeline in self.pipelines.values():
             pipeline.set_progress_bar_config(disable=True)
         self.batch_size = args.batch_size
-        self.details = {"device": self.device, "dtype": str(dtype).removeprefix("torch.")}
+        self.details = {
+            "device": self.device,
+            "dtype": str(dtype).removeprefix("torch."),
+            "optimizations": list(args.diffusers_optimizations),
+            "vae": args.vae_model_id or "the model's own",
+        }
 
     def generate(self, jobs: Sequence[ImageJob]) -> list:
         first = jobs[0]
