@@ -59,3 +59,29 @@ def test_standalone_mode_rejects_a_bad_api_url_naming_it(capsys):
         main(["--api-url", "localhost:8000/serve"])
     assert exited.value.code == 2
     assert "api_url" in capsys.readouterr().err
+
+
+def test_the_edit_mode_sends_a_mask_transparent_where_the_visitor_painted():
+    import io
+
+    from PIL import Image
+
+    from app.ui import _edit_inputs
+
+    background = Image.new("RGBA", (40, 30), (10, 20, 30, 255))
+    stroke = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    stroke.paste((255, 0, 0, 255), (10, 10, 20, 20))
+    picture, mask = _edit_inputs({"background": background, "layers": [stroke], "composite": background})
+    assert Image.open(io.BytesIO(picture)).getpixel((0, 0)) == (10, 20, 30)
+    alpha = Image.open(io.BytesIO(mask)).getchannel("A")
+    assert alpha.getpixel((15, 15)) == 0 and alpha.getpixel((2, 2)) == 255  # painted -> transparent -> re-drawn
+    unpainted = Image.new("RGBA", (40, 30), (0, 0, 0, 0))
+    assert _edit_inputs({"background": background, "layers": [unpainted]})[1] is None  # nothing painted: img2img
+
+
+def test_the_edit_mode_asks_for_an_image_before_anything_is_sent():
+    from app.ui import _edit_inputs
+    from app.ui_client import ApiError
+
+    with pytest.raises(ApiError, match="Upload an image to edit first"):
+        _edit_inputs({"background": None, "layers": []})
