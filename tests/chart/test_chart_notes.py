@@ -39,7 +39,9 @@ def test_notes_print_helm_test_upgrade_and_a_local_only_dashboard_command():
     assert "helm upgrade sdxl ./chart -n sdxl --reset-then-reuse-values --set replicas=N" in notes
     assert "--reuse-values" not in notes.replace("--reset-then-reuse-values", "")
     assert "kubectl -n sdxl port-forward svc/sdxl-head-svc 8265:8265" in notes
-    assert "WARNING" not in render({"model": {"revision": "0123abc"}}).notes
+    pinned_and_tolerant = {"model": {"revision": "0123abc"},
+                           "rayCluster": {"faultTolerance": {"mode": "redis", "redis": {"address": "redis:6379"}}}}
+    assert "WARNING" not in render(pinned_and_tolerant).notes
 
 
 def test_notes_describe_autoscaling_bounds_when_enabled():

@@ -28,7 +28,7 @@ from tests.chart.chartlib import (
 )
 
 CUSTOM_GROUPS = {"ray.io", "karpenter.sh", "karpenter.k8s.aws", "monitoring.coreos.com"}
-EXPECTED_SCENARIOS = {"alb", "autoscaling", "cpu-local", "default", "karpenter", "servicemonitor"}
+EXPECTED_SCENARIOS = {"alb", "autoscaling", "cpu-local", "default", "fault-tolerance", "karpenter", "servicemonitor"}
 
 
 def is_custom(doc: dict) -> bool:

@@ -393,6 +393,16 @@ FAIL_RULES = [
         ["head.nodeSelector sets kubernetes.io/arch=arm64", "amd64 only"],
         id="head on Graviton",
     ),
+    pytest.param(
+        {"rayCluster": {"faultTolerance": {"mode": "redis"}}},
+        ["rayCluster.faultTolerance.mode=redis needs rayCluster.faultTolerance.redis.address"],
+        id="redis fault tolerance without a Redis",
+    ),
+    pytest.param(
+        {"rayCluster": {"faultTolerance": {"mode": "rocksdb"}}, "extraEnv": [{"name": "RAY_gcs_storage", "value": "x"}]},
+        ["extraEnv sets RAY_gcs_storage, which KubeRay refuses next to gcsFaultToleranceOptions"],
+        id="fault tolerance set twice",
+    ),
 ]
 
 
