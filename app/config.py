@@ -156,7 +156,7 @@ class AppArgs(BaseModel):
         default=1,
         ge=0,
         le=9,
-        description="zlib level for PNG. 1 is several times faster than Pillow's default 6 for a few % more bytes.",
+        description="zlib level for PNG; 1 encodes 1.35-4.7x faster than Pillow's default 6 for 9-31 % more bytes.",
     )
     jpeg_quality: int = Field(default=90, ge=1, le=100, description="JPEG quality.")
     webp_quality: int = Field(default=90, ge=1, le=100, description="WebP quality.")
