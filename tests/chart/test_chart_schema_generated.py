@@ -54,6 +54,7 @@ DISTINCT = {
     "generation.maxGuidanceScale": 11.5, "generation.maxPromptChars": 345, "generation.maxImagesPerRequest": 5,
     "generation.maxBodyBytes": 23456, "generation.defaultOutputFormat": "webp", "generation.pngCompressLevel": 7,
     "generation.jpegQuality": 66, "generation.webpQuality": 77, "apiKey.envName": "OTHER_KEY",
+    "monitoring.logPrompts": True,
 }
 
 

@@ -84,6 +84,7 @@ APP_ARGS = [
     ({"generation": {"jpegQuality": 70}}, "jpeg_quality", 70),
     ({"generation": {"webpQuality": 60}}, "webp_quality", 60),
     ({"apiKey": {"existingSecret": "key", "envName": "MY_API_KEY"}}, "api_key_env", "MY_API_KEY"),
+    ({"monitoring": {"logPrompts": True}}, "log_prompts", True),
 ]
 
 # inf2.24xlarge: 12 NeuronCores, 6 devices, 96 vCPU, 384 GiB (EC2), written here independently of the chart.
