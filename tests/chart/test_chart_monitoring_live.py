@@ -103,7 +103,7 @@ def send_known_traffic(base: str, prometheus) -> dict:
     # (a counter that appears with its final value shows no increase).
     seen["burst"] = asyncio.run(burst())
     prometheus.wait_for(f'sum(ray_serve_num_http_requests_total{{namespace="{NAMESPACE}", status_code="503"}})',
-                        lambda value: value == seen["burst"][503])
+                        lambda value: (value or 0) == seen["burst"][503])
     seen["burst"] += asyncio.run(burst())
     assert set(seen["burst"]) <= {200, 503} and seen["burst"][503] > 0 and seen["burst"][200] > 0, seen["burst"]
     return seen
