@@ -164,6 +164,19 @@ class AppArgs(BaseModel):
         default=True,
         description="Run one generation in the replica's constructor; the first Neuron call is several times slower.",
     )
+    metrics: bool = Field(
+        default=True,
+        description=(
+            "Export the replica's SDXL metrics (ray_sdxl_*) on Ray's metrics port. Off only to measure what "
+            "they cost (bench/metrics_overhead.py); the access log is written either way."
+        ),
+    )
+    log_prompts: bool = Field(
+        default=False,
+        description=(
+            "Put each request's prompt in its access-log line. Off by default: prompts may be personal data."
+        ),
+    )
     api_key_env: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",

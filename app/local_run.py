@@ -2,8 +2,9 @@
 
 Starts a private Ray (no dashboard) and Serve's HTTP proxy on ``--host:--port``, deploys
 ``app.main:build_app`` at ``/serve`` exactly as the chart does (same builder, same args), optionally the
-web UI (``app.ui:build_ui_app``) at ``/ui``, prints a working curl line, and stops everything it started
-on Ctrl-C.
+web UI (``app.ui:build_ui_app``) at ``/ui``, prints a working curl line and the Prometheus endpoint of
+Ray's metrics (``--metrics-port``, the chart's metrics-export-port 8080 by default), and stops everything
+it started on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ UI_PREFIX = "/ui"
 README_PROMPT = "an astronaut is dancing on green grass, sunlit"
 #: Serve's per-request time limit here: the chart's serve.requestTimeoutS default (a test keeps them equal).
 REQUEST_TIMEOUT_S = 300
+#: Ray's Prometheus endpoint: the chart's metrics-export-port (a test keeps them equal).
+METRICS_PORT = 8080
 
 
 def parse_cli(argv: list[str]) -> argparse.Namespace:
@@ -37,6 +40,9 @@ def parse_cli(argv: list[str]) -> argparse.Namespace:
                         help="'embedded' (default), a Hub repo id or a local save_pretrained directory")
     parser.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "neuron"), help="default cpu")
     parser.add_argument("--ui", action="store_true", help="also serve the web UI at /ui")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help=f"port of Ray's Prometheus endpoint /metrics (default {METRICS_PORT}, as in the chart; "
+                             "a free one when that is taken)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                         help="any other app argument (VALUE parsed as JSON when it can be), e.g. "
                              "--set default_steps=10 --set 'image_sizes=[\"512x512\"]'")
@@ -74,6 +80,12 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("0.0.0.0", 0))
+        return sock.getsockname()[1]
 
 
 def wait_until_healthy(url: str, timeout_s: float = 600) -> None:
@@ -125,6 +137,12 @@ def main(argv: list[str]) -> int:
     if not port_is_free(cli.host, cli.port):
         print(f"error: port {cli.port} on {cli.host} is in use; pick another with --port", file=sys.stderr)
         return 2
+    metrics_port = cli.metrics_port or METRICS_PORT
+    if not port_is_free("0.0.0.0", metrics_port):
+        if cli.metrics_port:
+            print(f"error: metrics port {metrics_port} is in use; pick another with --metrics-port", file=sys.stderr)
+            return 2
+        metrics_port = free_port()
     if cli.model_id == EMBEDDED_MODEL:
         from app.embedded_model import EMBEDDED_DIR_ENV, EMBEDDED_MODEL_VERSION, ensure_embedded_model
 
@@ -153,7 +171,8 @@ def main(argv: list[str]) -> int:
     # deploy still raises here with its reason.
     # address="local": always a private Ray, never one that RAY_ADDRESS or `ray start` left on this machine
     # (Ctrl-C shuts Serve down, which must not touch anybody else's applications).
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
+             _metrics_export_port=metrics_port)
     try:
         # No client waits forever behind a stuck generation: past the limit Serve answers 408.
         serve.start(http_options={"host": cli.host, "port": cli.port, "request_timeout_s": REQUEST_TIMEOUT_S})
@@ -167,6 +186,8 @@ def main(argv: list[str]) -> int:
         print(f"SDXL service ({args['backend']}, model {args['model_id']}) is up at {base}{API_PREFIX}")
         print(f'  curl -o astronaut.png "{base}{API_PREFIX}/imagine?{query}"')
         print(f"  curl {base}{API_PREFIX}/info")
+        # Ray's metrics agent listens on every interface of the node; loopback works wherever the host does.
+        print(f"  metrics (Prometheus, ray_sdxl_* and Ray's): http://127.0.0.1:{metrics_port}/metrics")
         if build_ui_app is not None:
             print(f"  web UI: {base}{UI_PREFIX}/")
         print("Ctrl-C stops the service and Ray.")

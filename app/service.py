@@ -10,9 +10,11 @@ Routes (relative to the application's route prefix, ``/serve`` in the chart and 
 
 Where things live: HTTP plumbing (routes, API key, body limits, the error shape) in ``app.http``; request
 fields and parsing in ``app.api``; the pipeline's queue and timing in ``app.scheduling`` (with the pure
-rules in ``app.batching``); loading and calling the model in ``app.backends``. The replica's event loop
-only parses, queues and answers: the pipeline runs in a single dedicated thread (one model, one call at
-a time) and encoding in a second pool, so health checks and queueing keep answering while an image renders.
+rules in ``app.batching``); loading and calling the model in ``app.backends``; metrics and the access log
+in ``app.metrics`` (told when a request is answered, a pipeline call ends, an image is encoded). The
+replica's event loop only parses, queues and answers: the pipeline runs in a single dedicated thread (one
+model, one call at a time) and encoding in a second pool, so health checks and queueing keep answering
+while an image renders.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from app.api import Rules, parse_edit_form, parse_imagine_query, parse_openai_bo
 from app.batching import plan_pipeline_calls
 from app.config import MEDIA_TYPES, deployment_warnings, parse_app_args, read_api_key
 from app.encoding import EncoderSettings, encode_image
-from app.http import RETRY_AFTER_S, ApiError, authorize, error_response, not_ready, read_json, resolve_route
+from app.http import (ROUTES, RETRY_AFTER_S, ApiError, authorize, error_response, not_ready, read_json, resolve_route,
+                      route_path)
 from app.jobs import GenerationRequest, ImageJob
+from app.metrics import ReplicaMetrics, current_request
 from app.scheduling import PipelineState
 from app.uploads import read_multipart
 
@@ -83,6 +87,7 @@ class SDXLService:
         self._encoder_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sdxl-encode")
         self._failures_in_a_row = 0
         self.backend = None
+        self.metrics = ReplicaMetrics(enabled=self.args.metrics, log_prompts=self.args.log_prompts, routes=ROUTES)
 
         from app.backends import load_backend
 
@@ -97,6 +102,8 @@ class SDXLService:
         self._generate_batch.set_max_batch_size(backend.batch_size)
         self.warmup_s = self._warm_up(backend) if self.args.warmup else None
         self.backend = backend
+        self.metrics.loaded(load_s=self.load_s, warmup_s=self.warmup_s, batch_size=backend.batch_size)
+        self.metrics.health(healthy=True, failures_in_a_row=0)
         logger.info("SDXLService ready: backend=%s model=%s load_s=%s warmup_s=%s",
                     self.args.backend, self.args.model_id, self.load_s, self.warmup_s)
 
@@ -130,13 +137,18 @@ class SDXLService:
     # HTTP
 
     async def __call__(self, request: Request) -> Response:
-        try:
-            return await self._dispatch(request)
-        except ApiError as error:
-            return error_response(error)
-        except Exception:  # noqa: BLE001 - a bug must still answer in the documented error shape
-            logger.exception("unhandled error for %s %s", request.method, request.url.path)
-            return error_response(ApiError(500, "internal error (see the replica's log)", code="internal_error"))
+        with self.metrics.request(route_path(request.scope)) as record:
+            try:
+                response = await self._dispatch(request)
+                record.answered(response.status_code, record.code)
+                return response
+            except ApiError as error:
+                record.answered(error.status, error.code)
+                return error_response(error)
+            except Exception:  # noqa: BLE001 - a bug must still answer in the documented error shape
+                logger.exception("unhandled error for %s %s", request.method, request.url.path)
+                record.answered(500, "internal_error")
+                return error_response(ApiError(500, "internal error (see the replica's log)", code="internal_error"))
 
     async def _dispatch(self, request: Request) -> Response:
         path = resolve_route(request)
@@ -243,6 +255,9 @@ class SDXLService:
             if isinstance(outcome, Exception):
                 raise ApiError(500, f"image generation failed: {type(outcome).__name__}: {outcome}",
                                code="generation_failed")
+        record = current_request()
+        if record is not None:
+            record.generated(parsed.jobs, parsed.output_format, outcomes)
         return outcomes
 
     @serve.batch(max_batch_size=1, batch_wait_timeout_s=0.05)
@@ -254,23 +269,38 @@ class SDXLService:
             try:
                 images = await loop.run_in_executor(self._pipeline_thread, self.backend.generate, call.jobs)
             except Exception as error:  # noqa: BLE001 - reported per request as a 500, counted for health
-                self.pipeline.call_ended(call, succeeded=False)
+                elapsed_s = self.pipeline.call_ended(call, succeeded=False)
                 logger.exception("pipeline call failed for %d image(s)", len(call.positions))
                 self._failures_in_a_row += 1
+                self._pipeline_call_done(call, elapsed_s, waits_ms, succeeded=False)
                 for position in call.positions:
                     outcomes[position] = error
                 continue
-            elapsed_ms = round(self.pipeline.call_ended(call, succeeded=True) * 1000)
+            elapsed_s = self.pipeline.call_ended(call, succeeded=True)
+            elapsed_ms = round(elapsed_s * 1000)
             self._failures_in_a_row = 0
+            self._pipeline_call_done(call, elapsed_s, waits_ms, succeeded=True)
             for position, image, wait_ms in zip(call.positions, images, waits_ms):
                 outcomes[position] = GeneratedImage(image, elapsed_ms, len(call.positions), wait_ms)
         return outcomes
+
+    def _pipeline_call_done(self, call, elapsed_s: float, waits_ms: list[int], *, succeeded: bool) -> None:
+        self.metrics.pipeline_call(jobs=call.jobs, answered=len(call.positions), seconds=elapsed_s, waits_ms=waits_ms,
+                                   succeeded=succeeded)
+        self.metrics.health(healthy=self.healthy, failures_in_a_row=self._failures_in_a_row)
 
     async def _encode(self, image, output_format: str, *, as_base64: bool = False) -> bytes | str:
         """Encode in the encoder pool; ``as_base64`` too (megabytes of base64 would stall the event loop)."""
 
         def work():
+            started = time.perf_counter()
             data = encode_image(image, output_format, self.encoder_settings)
-            return base64.b64encode(data).decode("ascii") if as_base64 else data
+            seconds = time.perf_counter() - started
+            self.metrics.encoded(output_format, seconds)
+            return (base64.b64encode(data).decode("ascii") if as_base64 else data), seconds
 
-        return await asyncio.get_running_loop().run_in_executor(self._encoder_threads, work)
+        data, seconds = await asyncio.get_running_loop().run_in_executor(self._encoder_threads, work)
+        record = current_request()
+        if record is not None:
+            record.encode_ms += seconds * 1000
+        return data

@@ -17,9 +17,18 @@ fi
 # test tool. Installed when missing.
 missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+# prometheus + promtool: the alert-rule unit tests and the live Prometheus test (each starts its own on loopback).
+[ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  # Where apt may start services, the package starts a system Prometheus on :9090 (and its node exporter on
+  # :9100): the tests need none of them running.
+  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    for service in prometheus prometheus-node-exporter; do
+      $SUDO service "$service" stop >/dev/null 2>&1 || true
+    done
+  fi
 fi
 export PYTHONUNBUFFERED=1
 exec .venv/bin/python -m pytest "$@"

@@ -58,6 +58,7 @@ APP_ARGS = {
     "generation.jpegQuality": "jpeg_quality",
     "generation.webpQuality": "webp_quality",
     "apiKey.envName": "api_key_env",
+    "monitoring.logPrompts": "log_prompts",
 }
 
 #: pydantic keywords that describe the Python model rather than the value.

@@ -172,6 +172,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   "jpeg_quality" (int .Values.generation.jpegQuality)
   "webp_quality" (int .Values.generation.webpQuality)
   "warmup" .Values.model.warmup
+  "log_prompts" .Values.monitoring.logPrompts
 -}}
 {{- if .Values.model.revision -}}{{- $_ := set $args "model_revision" .Values.model.revision -}}{{- end -}}
 {{- if .Values.apiKey.existingSecret -}}{{- $_ := set $args "api_key_env" .Values.apiKey.envName -}}{{- end -}}
@@ -257,11 +258,23 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{- define "sdxl.requestLatencyBucketsMs" -}}
+5,25,100,250,500,1000,2000,3000,4000,5000,7500,10000,15000,20000,30000,45000,60000,120000,300000
+{{- end -}}
+
 {{/* Environment of every Ray container. */}}
 {{- define "sdxl.env" -}}
 {{- /* Writable places under the read-only root: /cache (emptyDir) for caches and generated models. */ -}}
 - name: XDG_CACHE_HOME
   value: /cache
+{{- /*
+Buckets (ms) of Serve's own request-latency histogram (ray_serve_http_request_latency_ms, which the
+latency panel and SDXLLatencyAboveSLO read): Serve 2.60's default jumps from 10 s to 60 s, where an SDXL
+request's p95 lands, so a p95 of 12 s would read as up to 60 s. These are the bounds of the app's
+ray_sdxl_request_seconds (app/metrics.py REQUEST_SECONDS; a test keeps them equal).
+*/}}
+- name: RAY_SERVE_REQUEST_LATENCY_BUCKETS_MS
+  value: {{ include "sdxl.requestLatencyBucketsMs" . | quote }}
 - name: SDXL_EMBEDDED_MODEL_DIR
   value: /cache/embedded-model
 {{- if .Values.model.download }}

@@ -1,4 +1,5 @@
-"""README command 1: ``ci/serve-local.sh`` serves the embedded model, prints a working curl line, stops on Ctrl-C."""
+"""README command 1: ``ci/serve-local.sh`` serves the embedded model, prints a working curl line and the URL of
+its Prometheus metrics, stops on Ctrl-C."""
 
 from __future__ import annotations
 
@@ -32,11 +33,16 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def start_serve_local(port: int, log_path: Path) -> subprocess.Popen:
+def start_serve_local(port: int, log_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "SDXL_EMBEDDED_MODEL_DIR": str(embedded_model_dir()), "PYTHONUNBUFFERED": "1"}
     # Its own session, like a terminal job: Ctrl-C reaches the script, and its process group is all ours.
-    return subprocess.Popen([str(REPO_ROOT / "ci" / "serve-local.sh"), "--port", str(port)], cwd=REPO_ROOT,
+    return subprocess.Popen([str(REPO_ROOT / "ci" / "serve-local.sh"), "--port", str(port), *extra], cwd=REPO_ROOT,
                             env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def images_counted(metrics_url: str) -> float:
+    text = httpx.get(metrics_url, timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("ray_sdxl_images_total{"))
 
 
 def wait_for_banner(process: subprocess.Popen, log_path: Path) -> str:
@@ -60,13 +66,15 @@ def stop_with_ctrl_c(process: subprocess.Popen) -> None:
 
 
 def test_serve_local_prints_a_curl_line_that_returns_a_png_stops_on_ctrl_c_and_restarts_at_once(tmp_path):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     processes = []
     try:
-        processes.append(start_serve_local(port, tmp_path / "first.log"))
+        processes.append(start_serve_local(port, tmp_path / "first.log", "--metrics-port", str(metrics_port)))
         output = wait_for_banner(processes[0], tmp_path / "first.log")
         (url,) = re.findall(r'curl -o astronaut\.png "([^"]+)"', output)
         assert url.startswith(f"http://127.0.0.1:{port}/serve/imagine?prompt=an%20astronaut")
+        (metrics_url,) = re.findall(r"metrics \(Prometheus[^)]*\): (\S+)", output)
+        assert metrics_url == f"http://127.0.0.1:{metrics_port}/metrics"
         # A client that keeps its connection alive, as browsers and SDKs do: when the server stops, its
         # side of that connection lingers in TIME_WAIT on the port.
         with httpx.Client(timeout=120) as client:
@@ -74,6 +82,12 @@ def test_serve_local_prints_a_curl_line_that_returns_a_png_stops_on_ctrl_c_and_r
                 response = client.get(url)
                 assert response.status_code == 200
                 assert Image.open(io.BytesIO(response.content)).format == "PNG"
+            # The printed endpoint serves the replica's metrics (Ray reports them every 10 s by default).
+            deadline = time.monotonic() + 60
+            while images_counted(metrics_url) < 3:
+                assert time.monotonic() < deadline, httpx.get(metrics_url, timeout=10).text[-2000:]
+                time.sleep(1)
+            assert images_counted(metrics_url) == 3
             stop_with_ctrl_c(processes[0])
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/serve/healthz", timeout=5)

@@ -140,3 +140,17 @@ def test_notes_tell_how_to_let_karpenter_replace_drifted_nodes():
     notes = render({"karpenter": {"create": True, "clusterName": "c", "nodeRole": "r"}}).notes
     assert "Drifted nodes (e.g. a new AMI behind al2023@latest) are not replaced until you allow it" in notes
     assert """--set-json 'karpenter.disruptionBudgets=[{"nodes":"1","reasons":["Drifted"]}]'""" in notes
+
+
+def test_notes_name_the_dashboard_configmap_and_the_alert_rules_when_enabled():
+    notes = render(scenario="karpenter").notes
+    assert 'Grafana dashboard "SDXL on Inferentia2 (sdxl-serving/sdxl)": ConfigMap monitoring/sdxl-dashboard' in notes
+    assert "kubectl -n sdxl-serving get prometheusrule sdxl -o yaml" in notes
+    assert "through the PodMonitor sdxl-serving/sdxl" in notes
+    assert "Monitoring" not in render().notes
+
+
+def test_notes_warn_that_alert_rules_without_a_monitor_see_no_metrics():
+    notes = render({"monitoring": {"prometheusRule": {"enabled": True}}}).notes
+    assert "no monitor is enabled" in notes and "SDXLNoHealthyReplica fires" in notes
+    assert "no monitor is enabled" not in render(scenario="karpenter").notes

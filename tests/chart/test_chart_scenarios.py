@@ -81,10 +81,15 @@ def test_scenario_custom_resources_match_their_crd_schemas(scenario):
 def test_every_namespaced_object_lands_in_the_one_release_namespace(scenario):
     rendered = render(scenario=scenario)
     cluster_scoped = {"Namespace", "NodePool", "EC2NodeClass"}
-    target = scenario_values(scenario).get("namespace", {}).get("name") or NAMESPACE
+    values = scenario_values(scenario)
+    target = values.get("namespace", {}).get("name") or NAMESPACE
+    # The one exception: the Grafana dashboard goes where Grafana's sidecar looks, when that is said.
+    dashboard_namespace = values.get("monitoring", {}).get("grafanaDashboard", {}).get("namespace") or target
     for doc in rendered.docs:
         if doc["kind"] in cluster_scoped:
             assert "namespace" not in doc["metadata"]
+        elif doc["kind"] == "ConfigMap" and doc["metadata"]["name"].endswith("-dashboard"):
+            assert doc["metadata"]["namespace"] == dashboard_namespace
         else:
             assert doc["metadata"]["namespace"] == target, doc["kind"]
 

@@ -55,6 +55,7 @@ DISTINCT = {
     "generation.maxBodyBytes": 23456, "generation.defaultOutputFormat": "webp", "generation.pngCompressLevel": 7,
     "generation.jpegQuality": 66, "generation.webpQuality": 77, "apiKey.envName": "OTHER_KEY",
     "generation.defaultStrength": 0.55, "generation.maxUploadBytes": 3000000, "generation.maxUploadPixels": 5000000,
+    "monitoring.logPrompts": True,
 }
 
 

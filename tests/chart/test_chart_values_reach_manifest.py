@@ -87,6 +87,7 @@ APP_ARGS = [
     ({"generation": {"maxUploadBytes": 1000000}}, "max_upload_bytes", 1000000),
     ({"generation": {"maxUploadPixels": 4000000}}, "max_upload_pixels", 4000000),
     ({"apiKey": {"existingSecret": "key", "envName": "MY_API_KEY"}}, "api_key_env", "MY_API_KEY"),
+    ({"monitoring": {"logPrompts": True}}, "log_prompts", True),
 ]
 
 # inf2.24xlarge: 12 NeuronCores, 6 devices, 96 vCPU, 384 GiB (EC2), written here independently of the chart.

@@ -2,7 +2,8 @@
 
 Public API (kept small; the UI, chart and reliability tests import it):
 
-``local_serve(app_args, *, deployment_options=None, neuron_cores=0, num_cpus=2, extra_apps=(), env=None, request_timeout_s=None)``
+``local_serve(app_args, *, deployment_options=None, neuron_cores=0, num_cpus=2, extra_apps=(), env=None, request_timeout_s=None,
+metrics_export_port=None)``
     Context manager. Starts Ray (no dashboard) and Serve's HTTP proxy on 127.0.0.1 at a free port,
     deploys ``app.main:build_app`` with ``app_args`` at route prefix ``/serve`` the way a RayService
     does (a serveConfigV2-shaped config: the controller imports the builder and validates the args),
@@ -17,6 +18,9 @@ Public API (kept small; the UI, chart and reliability tests import it):
     ``env``: environment variables for every Ray worker (e.g. an API key).
     ``request_timeout_s``: the proxy's per-request time limit (``http_options.request_timeout_s``), after
     which it answers 408.
+    ``metrics_export_port``: the port of the node's Prometheus endpoint (``/metrics``; the chart's
+    ``metrics-export-port``); metrics then reach it within about a second (``metrics_report_interval_ms``
+    1000, Ray's floor, instead of its default 10000).
 
 ``deploy_config(applications, timeout_s=...)``
     Inside ``local_serve``: apply a new set of applications (replacing the running set) and return
@@ -183,6 +187,7 @@ def local_serve(
     env: dict[str, str] | None = None,
     timeout_s: float = 180.0,
     request_timeout_s: float | None = None,
+    metrics_export_port: int | None = None,
 ) -> Iterator[ServeURL]:
     import ray
     from ray import serve
@@ -194,6 +199,9 @@ def local_serve(
         "TOKENIZERS_PARALLELISM": "false",
         **(env or {}),
     }
+    metrics = {}
+    if metrics_export_port is not None:
+        metrics = {"_metrics_export_port": metrics_export_port, "_system_config": {"metrics_report_interval_ms": 1000}}
     ray.init(
         address="local",  # a private Ray, never one already running on the machine
         include_dashboard=False,
@@ -202,6 +210,7 @@ def local_serve(
         object_store_memory=150 * 1024 * 1024,
         runtime_env={"env_vars": worker_env},
         log_to_driver=False,
+        **metrics,
     )
     try:
         port = free_port()
