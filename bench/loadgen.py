@@ -107,14 +107,21 @@ async def run_closed_loop(
     duration_s: float | None = None,
     timeout_s: float = 120.0,
     backoff_on_503_s: float | None = None,
+    backoff_on_error_s: float | None = None,
+    stop: Callable[[], bool] | None = None,
+    on_sample: Callable[[Sample], None] | None = None,
 ) -> RunResult:
-    """Run ``concurrency`` clients until ``total_requests`` were sent or ``duration_s`` elapsed.
+    """Run ``concurrency`` clients until ``total_requests`` were sent, ``duration_s`` elapsed or ``stop()``.
 
     ``backoff_on_503_s``: after a 503 a client waits ``min(Retry-After, backoff_on_503_s)`` before its
     next request, as a polite client would (capped so that a bounded run keeps pressure on).
+    ``backoff_on_error_s``: after a failed connection or a timeout a client waits this long, so that a
+    service that refuses connections is not hammered in a tight loop.
+    ``stop``: checked before each request; the run ends once it returns True (in-flight requests finish).
+    ``on_sample``: called with each sample as it is recorded (to watch a run while it goes on).
     """
-    if total_requests is None and duration_s is None:
-        raise ValueError("give total_requests or duration_s")
+    if total_requests is None and duration_s is None and stop is None:
+        raise ValueError("give total_requests, duration_s or stop")
     result = RunResult(concurrency=concurrency)
     counter = iter(range(10**9))
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
@@ -128,18 +135,24 @@ async def run_closed_loop(
             while True:
                 if deadline is not None and time.monotonic() >= deadline:
                     return
+                if stop is not None and stop():
+                    return
                 index = next(counter)
                 if total_requests is not None and index >= total_requests:
                     return
                 method, url, kwargs = make_request(index)
                 sample = await _one(client, method, url, kwargs)
                 result.samples.append(sample)
+                if on_sample is not None:
+                    on_sample(sample)
                 if sample.status == 503 and backoff_on_503_s is not None:
                     try:
                         wait = float(sample.retry_after or 0)
                     except ValueError:
                         wait = 0.0
                     await asyncio.sleep(min(max(wait, 0.0), backoff_on_503_s))
+                elif sample.status == 0 and backoff_on_error_s is not None:
+                    await asyncio.sleep(backoff_on_error_s)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         result.wall_s = time.monotonic() - began

@@ -19,13 +19,15 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 # prometheus + promtool: the alert-rule unit tests and the live Prometheus test (each starts its own on loopback).
 [ -x /usr/bin/prometheus ] && [ -x /usr/bin/promtool ] || missing+=(prometheus)
+# redis-server: the GCS fault-tolerance drills (tests/reliability; each starts its own on loopback).
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  # Where apt may start services, the package starts a system Prometheus on :9090 (and its node exporter on
-  # :9100): the tests need none of them running.
-  if [[ " ${missing[*]} " == *" prometheus "* ]]; then
-    for service in prometheus prometheus-node-exporter; do
+  # Where apt may start services, these packages start a system Prometheus on :9090 (and a node exporter
+  # on :9100) and a Redis on :6379, the GCS port the scale-out test's Ray head needs: stop them all.
+  if [[ " ${missing[*]} " == *" prometheus "* || " ${missing[*]} " == *" redis-server "* ]]; then
+    for service in prometheus prometheus-node-exporter redis-server; do
       $SUDO service "$service" stop >/dev/null 2>&1 || true
     done
   fi
