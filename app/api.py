@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 from app.config import MEDIA_TYPES, AppArgs, parse_size
 from app.http import ApiError
@@ -98,7 +99,7 @@ class RequestField:
         if self.bounds:
             low, high = self.bounds(rules)
             keys = ("minLength", "maxLength") if self.kind is str else ("minimum", "maximum")
-            schema.update(zip(keys, (low, high)))
+            schema.update(zip(keys, (low, high), strict=True))
         floor = self.exceeds(rules) if self.exceeds else None
         if floor:
             schema["exclusiveMinimum"] = floor[0]
@@ -116,14 +117,17 @@ class RequestField:
             try:
                 raw.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate, which JSON's \\uD800 escapes can produce
-                raise invalid(self.name, f"'{self.name}' must be valid Unicode text (it has a lone surrogate)",
-                              "invalid_value") from None
+                raise invalid(
+                    self.name, f"'{self.name}' must be valid Unicode text (it has a lone surrogate)", "invalid_value"
+                ) from None
             return raw
         if from_query:
             text = raw.strip()
             pattern = _QUERY_INT if self.kind is int else _QUERY_FLOAT
             if not pattern.fullmatch(text):
-                raise invalid(self.name, f"'{self.name}' must be {_article(self.kind)}, got {quoted(raw)}", "invalid_type")
+                raise invalid(
+                    self.name, f"'{self.name}' must be {_article(self.kind)}, got {quoted(raw)}", "invalid_type"
+                )
             try:
                 value = int(text) if self.kind is int else float(text)
             except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
@@ -136,8 +140,9 @@ class RequestField:
             try:
                 value = raw if self.kind is int else float(raw)
             except OverflowError:  # an integer too large for a float
-                raise invalid(self.name, f"'{self.name}' must be a finite number, got {shown_number(raw)}",
-                              "out_of_range") from None
+                raise invalid(
+                    self.name, f"'{self.name}' must be a finite number, got {shown_number(raw)}", "out_of_range"
+                ) from None
         if self.kind is float and not math.isfinite(value):
             raise invalid(self.name, f"'{self.name}' must be a finite number", "invalid_value")
         return value
@@ -157,21 +162,25 @@ class RequestField:
             elif not low <= value <= high:
                 raise invalid(
                     self.name,
-                    f"'{self.name}' must be between {shown_number(low)} and {shown_number(high)}, got {shown_number(value)}",
+                    f"'{self.name}' must be between {shown_number(low)} and {shown_number(high)}, "
+                    f"got {shown_number(value)}",
                     "out_of_range",
                 )
         floor = self.exceeds(rules) if self.exceeds else None
         if floor and not value > floor[0]:
             raise invalid(
                 self.name,
-                f"'{self.name}' must be greater than {shown_number(floor[0])} on this model (got {shown_number(value)}): {floor[1]}",
+                f"'{self.name}' must be greater than {shown_number(floor[0])} on this model "
+                f"(got {shown_number(value)}): {floor[1]}",
                 "out_of_range",
             )
         if self.choices:
             allowed = self.choices(rules)
             if value not in allowed:
                 raise invalid(
-                    self.name, f"'{self.name}' must be one of {', '.join(allowed)}; got {quoted(value)}", "unsupported_value"
+                    self.name,
+                    f"'{self.name}' must be one of {', '.join(allowed)}; got {quoted(value)}",
+                    "unsupported_value",
                 )
         return value
 
@@ -190,49 +199,75 @@ _FIELDS = [
     RequestField("prompt", str, "What to draw.", bounds=lambda r: (1, r.args.max_prompt_chars), required=True),
     RequestField("negative_prompt", str, "What to avoid.", bounds=lambda r: (0, r.args.max_prompt_chars)),
     RequestField(
-        "seed", int, "Random seed; the same seed and settings give the same image. Random when absent.",
+        "seed",
+        int,
+        "Random seed; the same seed and settings give the same image. Random when absent.",
         bounds=lambda r: (0, MAX_SEED),
     ),
     RequestField(
-        "steps", int, "Denoising steps (more: slower, finer).",
-        bounds=lambda r: (1, r.args.max_steps), default=lambda r: r.args.default_steps,
+        "steps",
+        int,
+        "Denoising steps (more: slower, finer).",
+        bounds=lambda r: (1, r.args.max_steps),
+        default=lambda r: r.args.default_steps,
     ),
     RequestField(
-        "guidance_scale", float, "How strongly the image follows the prompt (classifier-free guidance).",
-        bounds=lambda r: (0.0, r.args.max_guidance_scale), exceeds=_guidance_floor,
+        "guidance_scale",
+        float,
+        "How strongly the image follows the prompt (classifier-free guidance).",
+        bounds=lambda r: (0.0, r.args.max_guidance_scale),
+        exceeds=_guidance_floor,
         default=lambda r: r.args.default_guidance_scale,
     ),
     RequestField(
-        "width", int, "Image width in pixels (GET /imagine; with height, one of the configured sizes).",
+        "width",
+        int,
+        "Image width in pixels (GET /imagine; with height, one of the configured sizes).",
         bounds=lambda r: (min(w for w, _ in r.args.sizes), max(w for w, _ in r.args.sizes)),
         default=lambda r: r.args.default_size[0],
     ),
     RequestField(
-        "height", int, "Image height in pixels (GET /imagine; with width, one of the configured sizes).",
+        "height",
+        int,
+        "Image height in pixels (GET /imagine; with width, one of the configured sizes).",
         bounds=lambda r: (min(h for _, h in r.args.sizes), max(h for _, h in r.args.sizes)),
         default=lambda r: r.args.default_size[1],
     ),
     RequestField(
-        "size", str, "'WIDTHxHEIGHT' (POST /v1/images/generations; one of the configured sizes).",
-        choices=lambda r: r.args.image_sizes, default=lambda r: r.args.image_sizes[0],
+        "size",
+        str,
+        "'WIDTHxHEIGHT' (POST /v1/images/generations; one of the configured sizes).",
+        choices=lambda r: r.args.image_sizes,
+        default=lambda r: r.args.image_sizes[0],
     ),
     RequestField(
-        "output_format", str, "Image encoding.",
-        choices=lambda r: tuple(MEDIA_TYPES), default=lambda r: r.args.default_output_format,
+        "output_format",
+        str,
+        "Image encoding.",
+        choices=lambda r: tuple(MEDIA_TYPES),
+        default=lambda r: r.args.default_output_format,
     ),
     RequestField(
-        "n", int, "Number of images (POST /v1/images/generations); image i uses seed + i.",
-        bounds=lambda r: (1, r.args.max_images_per_request), default=lambda r: 1,
+        "n",
+        int,
+        "Number of images (POST /v1/images/generations); image i uses seed + i.",
+        bounds=lambda r: (1, r.args.max_images_per_request),
+        default=lambda r: 1,
     ),
     RequestField(
-        "response_format", str, "Only 'b64_json' (the service stores no images, so it has no URLs to return).",
-        choices=lambda r: ("b64_json",), default=lambda r: "b64_json",
+        "response_format",
+        str,
+        "Only 'b64_json' (the service stores no images, so it has no URLs to return).",
+        choices=lambda r: ("b64_json",),
+        default=lambda r: "b64_json",
     ),
     RequestField(
-        "strength", float,
+        "strength",
+        float,
         "POST /v1/images/edits: the share of the denoising steps run on the input image (1 ignores it); "
         "steps x strength must reach 1.",
-        bounds=lambda r: (0.0, 1.0), exceeds=lambda r: (0.0, "0 would run no step on the input image"),
+        bounds=lambda r: (0.0, 1.0),
+        exceeds=lambda r: (0.0, "0 would run no step on the input image"),
         default=lambda r: r.args.default_strength,
     ),
 ]
@@ -248,7 +283,7 @@ EDIT_FIELDS = OPENAI_FIELDS + ("strength",)
 EDIT_FILES = {
     "image": "The image to edit: PNG, JPEG or WebP, one frame; scaled to cover 'size' and centre-cropped.",
     "mask": "Optional. PNG or WebP with transparency, the image's size: fully transparent pixels mark where to "
-            "re-draw (inpainting); without it the whole image is re-drawn (img2img).",
+    "re-draw (inpainting); without it the whole image is re-drawn (img2img).",
 }
 
 
@@ -294,8 +329,11 @@ def parse_imagine_query(query: list[tuple[str, str]], rules: Rules) -> Generatio
     values: dict[str, str] = {}
     for key, value in query:
         if key not in IMAGINE_FIELDS:
-            raise invalid(key[:_QUOTE_LIMIT], f"unknown query parameter {quoted(key)}; accepted: {', '.join(IMAGINE_FIELDS)}",
-                          "unknown_parameter")
+            raise invalid(
+                key[:_QUOTE_LIMIT],
+                f"unknown query parameter {quoted(key)}; accepted: {', '.join(IMAGINE_FIELDS)}",
+                "unknown_parameter",
+            )
         if key in values:
             raise invalid(key, f"query parameter '{key}' is given more than once", "duplicate_parameter")
         values[key] = value
@@ -305,7 +343,8 @@ def parse_imagine_query(query: list[tuple[str, str]], rules: Rules) -> Generatio
         param = "width" if "width" in values or "height" not in values else "height"
         raise invalid(
             param,
-            f"size {size[0]}x{size[1]} is not served; 'width'x'height' must be one of {', '.join(rules.args.image_sizes)}",
+            f"size {size[0]}x{size[1]} is not served; "
+            f"'width'x'height' must be one of {', '.join(rules.args.image_sizes)}",
             "unsupported_value",
         )
     return GenerationRequest(jobs=_jobs(parsed, *size, count=1), output_format=parsed["output_format"])
@@ -321,7 +360,9 @@ def parse_openai_body(body: Any, rules: Rules) -> GenerationRequest:
             raise invalid(key, f"'{key}' must be a string", "invalid_type")
     parsed = _collect(body, OPENAI_FIELDS, rules, from_query=False)
     width, height = parse_size(parsed["size"])
-    return GenerationRequest(jobs=_jobs(parsed, width, height, count=parsed["n"]), output_format=parsed["output_format"])
+    return GenerationRequest(
+        jobs=_jobs(parsed, width, height, count=parsed["n"]), output_format=parsed["output_format"]
+    )
 
 
 def _unknown_openai_keys(keys, allowed: tuple[str, ...]) -> None:
@@ -344,19 +385,25 @@ def parse_edit_form(upload, rules: Rules) -> GenerationRequest:
     parsed = _collect(upload.fields, EDIT_FIELDS, rules, from_query=True)
     task: Task = "inpaint" if "mask" in upload.files else "img2img"
     if task not in rules.tasks:
-        raise invalid("image", f"this model cannot do {task}: {rules.why_no_editing or 'not supported'}",
-                      "unsupported_value")
+        raise invalid(
+            "image", f"this model cannot do {task}: {rules.why_no_editing or 'not supported'}", "unsupported_value"
+        )
     if int(parsed["steps"] * parsed["strength"]) < 1:
-        raise invalid("strength", f"'steps' x 'strength' ({parsed['steps']} x {shown_number(parsed['strength'])}) runs "
-                                  "no denoising step: raise either", "out_of_range")
+        raise invalid(
+            "strength",
+            f"'steps' x 'strength' ({parsed['steps']} x {shown_number(parsed['strength'])}) runs "
+            "no denoising step: raise either",
+            "out_of_range",
+        )
     width, height = parse_size(parsed["size"])
     max_pixels = rules.args.max_upload_pixels
     uploaded = open_image(upload.files["image"], "image", max_pixels)
     image = fit(to_rgb(uploaded), width, height)
     mask = None
     if task == "inpaint":
-        mask = fit(mask_from(open_image(upload.files["mask"], "mask", max_pixels), uploaded), width, height,
-                   resample=0)  # nearest: the mask stays two-valued
+        mask = fit(
+            mask_from(open_image(upload.files["mask"], "mask", max_pixels), uploaded), width, height, resample=0
+        )  # nearest: the mask stays two-valued
     jobs = tuple(
         replace(job, task=task, image=image, mask=mask, strength=parsed["strength"])
         for job in _jobs(parsed, width, height, count=parsed["n"])
@@ -381,8 +428,10 @@ def request_schema(rules: Rules) -> dict:
     ``images_edits`` describes the multipart form: its text fields as their values, the files as binary
     strings (OpenAPI's convention); it is present only when the model can edit.
     """
-    ignored = {name: {"type": "string", "description": "Accepted and ignored (OpenAI clients send it)."}
-               for name in sorted(IGNORED_OPENAI_FIELDS)}
+    ignored = {
+        name: {"type": "string", "description": "Accepted and ignored (OpenAI clients send it)."}
+        for name in sorted(IGNORED_OPENAI_FIELDS)
+    }
     schemas = {
         "imagine": _route_schema(IMAGINE_FIELDS, rules),
         "images_generations": _route_schema(OPENAI_FIELDS, rules, ignored),

@@ -9,8 +9,9 @@ computed and dropped. :func:`batch_wait_s` decides how long a forming batch wait
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Mapping, Protocol, Sequence, TypeVar
+from typing import Protocol, TypeVar
 
 
 class Batchable(Protocol):

@@ -118,7 +118,11 @@ class AppArgs(BaseModel):
     default_steps: int = Field(default=30, ge=1, le=500, description="Denoising steps when a request gives none.")
     max_steps: int = Field(default=50, ge=1, le=500, description="Most denoising steps a request may ask for.")
     default_guidance_scale: float = Field(
-        default=5.0, ge=0.0, le=30.0, allow_inf_nan=False, description="Classifier-free guidance when a request gives none."
+        default=5.0,
+        ge=0.0,
+        le=30.0,
+        allow_inf_nan=False,
+        description="Classifier-free guidance when a request gives none.",
     )
     max_guidance_scale: float = Field(
         default=20.0, ge=0.0, le=30.0, allow_inf_nan=False, description="Largest guidance scale a request may ask for."
@@ -133,18 +137,25 @@ class AppArgs(BaseModel):
         default=65536, ge=1024, le=10 * 1024 * 1024, description="Largest request body; larger bodies get 413."
     )
     default_strength: float = Field(
-        default=0.8, gt=0.0, le=1.0, allow_inf_nan=False,
+        default=0.8,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
         description=(
             "How much of an edited image is re-drawn when a request gives no strength: the share of the "
             "denoising steps run (1 ignores the input image)."
         ),
     )
     max_upload_bytes: int = Field(
-        default=8 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024,
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=64 * 1024 * 1024,
         description="Largest POST /v1/images/edits body (image, mask and fields together); larger ones get 413.",
     )
     max_upload_pixels: int = Field(
-        default=16 * 1024 * 1024, ge=64 * 64, le=64 * 1024 * 1024,
+        default=16 * 1024 * 1024,
+        ge=64 * 64,
+        le=64 * 1024 * 1024,
         description=(
             "Largest uploaded image or mask, in pixels (width x height), checked from its header before "
             "any pixel is decoded: a small file can declare a huge image."
@@ -173,16 +184,15 @@ class AppArgs(BaseModel):
     )
     log_prompts: bool = Field(
         default=False,
-        description=(
-            "Put each request's prompt in its access-log line. Off by default: prompts may be personal data."
-        ),
+        description=("Put each request's prompt in its access-log line. Off by default: prompts may be personal data."),
     )
     api_key_env: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description=(
             "Name of an environment variable holding an API key. When set, generation routes need "
-            "'Authorization: Bearer <key>'; health routes stay open. A replica whose variable is empty refuses to start."
+            "'Authorization: Bearer <key>'; health routes stay open. "
+            "A replica whose variable is empty refuses to start."
         ),
     )
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hmac
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -100,8 +101,10 @@ def resolve_route(request: Request) -> str:
         raise ApiError(404, f"no route {path}; routes: {', '.join(ROUTES)}", code="not_found")
     if request.method not in methods:
         raise ApiError(
-            405, f"{path} accepts {', '.join(methods)}, not {request.method}",
-            code="method_not_allowed", headers={"Allow": ", ".join(methods)},
+            405,
+            f"{path} accepts {', '.join(methods)}, not {request.method}",
+            code="method_not_allowed",
+            headers={"Allow": ", ".join(methods)},
         )
     return path
 
@@ -113,16 +116,23 @@ def authorize(request: Request, api_key: str | None) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     # compare_digest: the time taken must not reveal how much of a guessed key was right.
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        raise ApiError(
+            401,
+            "missing or invalid API key: send 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 async def read_json(request: Request, limit: int) -> Any:
     """The request body as JSON: 415 unless it says application/json, 413 past ``limit`` bytes, 400 if malformed."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, not {content_type or 'missing'!r}",
-                       code="unsupported_media_type")
+        raise ApiError(
+            415,
+            f"Content-Type must be application/json, not {content_type or 'missing'!r}",
+            code="unsupported_media_type",
+        )
     declared = request.headers.get("content-length", "")
     too_large = ApiError(413, f"request body exceeds {limit} bytes", code="body_too_large")
     if declared.isdigit() and int(declared) > limit:

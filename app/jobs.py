@@ -38,8 +38,15 @@ class ImageJob:
         # A pipeline call has one task, step count, size, guidance scale and strength. Jobs with and
         # without a negative prompt are kept apart too: SDXL uses zero embeddings for "no negative
         # prompt" but encodes "" for an empty one, so mixing them would change the image a seed produces.
-        return (self.task, self.width, self.height, self.steps, self.guidance_scale, self.strength,
-                self.negative_prompt is not None)
+        return (
+            self.task,
+            self.width,
+            self.height,
+            self.steps,
+            self.guidance_scale,
+            self.strength,
+            self.negative_prompt is not None,
+        )
 
 
 @dataclass(frozen=True)

@@ -36,16 +36,29 @@ def parse_cli(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="ci/serve-local.sh", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--model-id", default=EMBEDDED_MODEL,
-                        help="'embedded' (default), a Hub repo id or a local save_pretrained directory")
+    parser.add_argument(
+        "--model-id",
+        default=EMBEDDED_MODEL,
+        help="'embedded' (default), a Hub repo id or a local save_pretrained directory",
+    )
     parser.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "neuron"), help="default cpu")
     parser.add_argument("--ui", action="store_true", help="also serve the web UI at /ui")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help=f"port of Ray's Prometheus endpoint /metrics (default {METRICS_PORT}, as in the chart; "
-                             "a free one when that is taken)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                        help="any other app argument (VALUE parsed as JSON when it can be), e.g. "
-                             "--set default_steps=10 --set 'image_sizes=[\"512x512\"]'")
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help=f"port of Ray's Prometheus endpoint /metrics (default {METRICS_PORT}, as in the chart; "
+        "a free one when that is taken)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any other app argument (VALUE parsed as JSON when it can be), e.g. "
+        "--set default_steps=10 --set 'image_sizes=[\"512x512\"]'",
+    )
     return parser.parse_args(argv)
 
 
@@ -147,7 +160,9 @@ def main(argv: list[str]) -> int:
         from app.embedded_model import EMBEDDED_DIR_ENV, EMBEDDED_MODEL_VERSION, ensure_embedded_model
 
         # Share the checkout's copy with the test suite (set before Ray starts: replicas inherit it).
-        os.environ.setdefault(EMBEDDED_DIR_ENV, str(Path.cwd() / ".cache" / f"embedded-model-v{EMBEDDED_MODEL_VERSION}"))
+        os.environ.setdefault(
+            EMBEDDED_DIR_ENV, str(Path.cwd() / ".cache" / f"embedded-model-v{EMBEDDED_MODEL_VERSION}")
+        )
         print(f"embedded model: {ensure_embedded_model()}")
     build_ui_app = None
     if cli.ui:
@@ -171,8 +186,13 @@ def main(argv: list[str]) -> int:
     # deploy still raises here with its reason.
     # address="local": always a private Ray, never one that RAY_ADDRESS or `ray start` left on this machine
     # (Ctrl-C shuts Serve down, which must not touch anybody else's applications).
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="WARNING",
-             _metrics_export_port=metrics_port)
+    ray.init(
+        address="local",
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="WARNING",
+        _metrics_export_port=metrics_port,
+    )
     try:
         # No client waits forever behind a stuck generation: past the limit Serve answers 408.
         serve.start(http_options={"host": cli.host, "port": cli.port, "request_timeout_s": REQUEST_TIMEOUT_S})

@@ -36,8 +36,8 @@ import logging
 import re
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from ray.serve import context as serve_context
 
@@ -69,18 +69,27 @@ GAUGE_REFRESH_S = 5.0
 #: name -> (kind, labels, description). Exported as ``ray_<name>`` (counters with ``_total``, histograms
 #: with ``_bucket``/``_sum``/``_count``); README's metric table is checked against this one.
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
-    "sdxl_requests": ("counter", ("endpoint", "status_class", "code"),
-                      "Requests answered by the replica (probes /healthz and /info not counted)."),
-    "sdxl_request_seconds": ("histogram", ("endpoint", "status_class"),
-                             "Seconds from a request's arrival in the replica to its answer."),
+    "sdxl_requests": (
+        "counter",
+        ("endpoint", "status_class", "code"),
+        "Requests answered by the replica (probes /healthz and /info not counted).",
+    ),
+    "sdxl_request_seconds": (
+        "histogram",
+        ("endpoint", "status_class"),
+        "Seconds from a request's arrival in the replica to its answer.",
+    ),
     "sdxl_images": ("counter", ("endpoint", "size", "format"), "Images generated and answered."),
     "sdxl_pipeline_call_seconds": ("histogram", ("size", "steps"), "Seconds per successful pipeline call."),
     "sdxl_pipeline_call_images": ("histogram", (), "Requested images per pipeline call (padding not counted)."),
     "sdxl_pipeline_padding_images": ("counter", (), "Padding images computed and dropped (fixed Neuron batch)."),
     "sdxl_pipeline_failures": ("counter", (), "Pipeline calls that raised."),
     "sdxl_pipeline_failures_in_a_row": ("gauge", (), "Consecutive failed pipeline calls (unhealthy at 3)."),
-    "sdxl_queue_wait_seconds": ("histogram", (),
-                                "Seconds per image from its arrival in the replica to the start of its pipeline call."),
+    "sdxl_queue_wait_seconds": (
+        "histogram",
+        (),
+        "Seconds per image from its arrival in the replica to the start of its pipeline call.",
+    ),
     "sdxl_encode_seconds": ("histogram", ("format",), "Seconds to encode one image."),
     "sdxl_replica_healthy": ("gauge", (), "1 while the replica's model is loaded and working, else 0."),
     "sdxl_batch_size": ("gauge", (), "Images one pipeline call can take (the backend's batch size)."),
@@ -182,15 +191,17 @@ class ReplicaMetrics:
                 elif kind == "gauge":
                     self._metrics[name] = Gauge(name, description=description, tag_keys=labels)
                 else:
-                    self._metrics[name] = Histogram(name, description=description, boundaries=list(_BUCKETS[name]),
-                                                    tag_keys=labels)
+                    self._metrics[name] = Histogram(
+                        name, description=description, boundaries=list(_BUCKETS[name]), tag_keys=labels
+                    )
             threading.Thread(target=self._refresh_gauges, name="sdxl-metrics-gauges", daemon=True).start()
 
     # -- replica lifecycle
 
     def loaded(self, *, load_s: float, warmup_s: float | None, batch_size: int) -> None:
-        self._set_gauges(sdxl_model_load_seconds=load_s, sdxl_warmup_seconds=warmup_s or 0.0,
-                         sdxl_batch_size=batch_size)
+        self._set_gauges(
+            sdxl_model_load_seconds=load_s, sdxl_warmup_seconds=warmup_s or 0.0, sdxl_batch_size=batch_size
+        )
 
     def health(self, *, healthy: bool, failures_in_a_row: int) -> None:
         """Called once the model is loaded and after every pipeline call (no series while loading)."""
@@ -241,13 +252,17 @@ class ReplicaMetrics:
         seconds = time.perf_counter() - record.started
         klass = status_class(record.status)
         if self.enabled:
-            self._metrics["sdxl_requests"].inc(tags={"endpoint": record.endpoint, "status_class": klass,
-                                                     "code": code_label(record.code)})
-            self._metrics["sdxl_request_seconds"].observe(seconds, tags={"endpoint": record.endpoint,
-                                                                         "status_class": klass})
+            self._metrics["sdxl_requests"].inc(
+                tags={"endpoint": record.endpoint, "status_class": klass, "code": code_label(record.code)}
+            )
+            self._metrics["sdxl_request_seconds"].observe(
+                seconds, tags={"endpoint": record.endpoint, "status_class": klass}
+            )
             if record.images and record.status < 300:
-                self._metrics["sdxl_images"].inc(record.images, tags={
-                    "endpoint": record.endpoint, "size": record.size, "format": record.output_format})
+                self._metrics["sdxl_images"].inc(
+                    record.images,
+                    tags={"endpoint": record.endpoint, "size": record.size, "format": record.output_format},
+                )
         if record.size is not None or record.status >= 400:
             self._access_log(record, seconds)
 
@@ -289,7 +304,8 @@ class ReplicaMetrics:
             return
         first = jobs[0]
         self._metrics["sdxl_pipeline_call_seconds"].observe(
-            seconds, tags={"size": f"{first.width}x{first.height}", "steps": steps_label(first.steps)})
+            seconds, tags={"size": f"{first.width}x{first.height}", "steps": steps_label(first.steps)}
+        )
         self._metrics["sdxl_pipeline_call_images"].observe(answered)
         if len(jobs) > answered:
             self._metrics["sdxl_pipeline_padding_images"].inc(len(jobs) - answered)

@@ -8,7 +8,7 @@ with these facts), and how long each image waited before its pipeline call start
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from app.batching import PipelineCall, batch_wait_s
 from app.jobs import ImageJob
@@ -61,7 +61,9 @@ class PipelineState:
         """Record that ``call`` starts now; return each answered image's wait since its arrival, in ms."""
         started = self._call_started = time.perf_counter()
         self._images_in_call = len(call.positions)
-        return [round((started - self._arrived.get(id(batch[position]), started)) * 1000) for position in call.positions]
+        return [
+            round((started - self._arrived.get(id(batch[position]), started)) * 1000) for position in call.positions
+        ]
 
     def call_ended(self, call: PipelineCall, *, succeeded: bool) -> float:
         """Record that ``call`` is over; return its duration in seconds (learned from only when it succeeded)."""

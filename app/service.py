@@ -36,8 +36,17 @@ from app.api import Rules, parse_edit_form, parse_imagine_query, parse_openai_bo
 from app.batching import plan_pipeline_calls
 from app.config import MEDIA_TYPES, deployment_warnings, parse_app_args, read_api_key
 from app.encoding import EncoderSettings, encode_image
-from app.http import (ROUTES, RETRY_AFTER_S, ApiError, authorize, error_response, not_ready, read_json, resolve_route,
-                      route_path)
+from app.http import (
+    RETRY_AFTER_S,
+    ROUTES,
+    ApiError,
+    authorize,
+    error_response,
+    not_ready,
+    read_json,
+    resolve_route,
+    route_path,
+)
 from app.jobs import GenerationRequest, ImageJob
 from app.metrics import ReplicaMetrics, current_request
 from app.scheduling import PipelineState
@@ -94,8 +103,12 @@ class SDXLService:
         started = time.perf_counter()
         backend = load_backend(self.args)
         self.load_s = round(time.perf_counter() - started, 3)
-        self.rules = Rules(self.args, guidance_must_exceed=backend.guidance_must_exceed, tasks=backend.tasks,
-                           why_no_editing=backend.why_no_editing)
+        self.rules = Rules(
+            self.args,
+            guidance_must_exceed=backend.guidance_must_exceed,
+            tasks=backend.tasks,
+            why_no_editing=backend.why_no_editing,
+        )
         self.pipeline = PipelineState(backend.batch_size)
         # Gather at most one pipeline call's worth of images per batch: a larger gather would make the
         # first compatible group wait for every other group in the same batch.
@@ -104,8 +117,13 @@ class SDXLService:
         self.backend = backend
         self.metrics.loaded(load_s=self.load_s, warmup_s=self.warmup_s, batch_size=backend.batch_size)
         self.metrics.health(healthy=True, failures_in_a_row=0)
-        logger.info("SDXLService ready: backend=%s model=%s load_s=%s warmup_s=%s",
-                    self.args.backend, self.args.model_id, self.load_s, self.warmup_s)
+        logger.info(
+            "SDXLService ready: backend=%s model=%s load_s=%s warmup_s=%s",
+            self.args.backend,
+            self.args.model_id,
+            self.load_s,
+            self.warmup_s,
+        )
 
     def _warm_up(self, backend) -> float:
         # The first call initialises the runtime and loads the graphs (several times slower on Neuron): pay it
@@ -145,7 +163,7 @@ class SDXLService:
             except ApiError as error:
                 record.answered(error.status, error.code)
                 return error_response(error)
-            except Exception:  # noqa: BLE001 - a bug must still answer in the documented error shape
+            except Exception:
                 logger.exception("unhandled error for %s %s", request.method, request.url.path)
                 record.answered(500, "internal_error")
                 return error_response(ApiError(500, "internal error (see the replica's log)", code="internal_error"))
@@ -167,8 +185,12 @@ class SDXLService:
         return await self._images_generations(request)
 
     def _healthz(self) -> Response:
-        body = {"status": "ok" if self.healthy else "unavailable", "backend": self.args.backend,
-                "model_id": self.args.model_id, "images_in_flight": self.pipeline.images_in_flight}
+        body = {
+            "status": "ok" if self.healthy else "unavailable",
+            "backend": self.args.backend,
+            "model_id": self.args.model_id,
+            "images_in_flight": self.pipeline.images_in_flight,
+        }
         return JSONResponse(body, status_code=200 if self.healthy else 503)
 
     def info(self) -> dict:
@@ -220,7 +242,8 @@ class SDXLService:
         upload = await read_multipart(request, self.args.max_upload_bytes)
         # Decoding an upload (up to max_upload_pixels) is CPU work: off the event loop, like encoding.
         parsed = await asyncio.get_running_loop().run_in_executor(
-            self._encoder_threads, parse_edit_form, upload, self.rules)
+            self._encoder_threads, parse_edit_form, upload, self.rules
+        )
         return await self._images_response(parsed)
 
     async def _images_response(self, parsed: GenerationRequest) -> Response:
@@ -228,15 +251,20 @@ class SDXLService:
         results = await self._render(parsed)
         encoded = await asyncio.gather(*(self._encode(r.image, parsed.output_format, as_base64=True) for r in results))
         job = parsed.jobs[0]
-        return JSONResponse({
-            "created": int(time.time()),
-            "data": [{"b64_json": data, "seed": image_job.seed} for data, image_job in zip(encoded, parsed.jobs)],
-            "output_format": parsed.output_format,
-            "size": f"{job.width}x{job.height}",
-            "steps": job.steps,
-            "guidance_scale": job.guidance_scale,
-            "generation_time_ms": max(r.generation_ms for r in results),
-        })
+        return JSONResponse(
+            {
+                "created": int(time.time()),
+                "data": [
+                    {"b64_json": data, "seed": image_job.seed}
+                    for data, image_job in zip(encoded, parsed.jobs, strict=True)
+                ],
+                "output_format": parsed.output_format,
+                "size": f"{job.width}x{job.height}",
+                "steps": job.steps,
+                "guidance_scale": job.guidance_scale,
+                "generation_time_ms": max(r.generation_ms for r in results),
+            }
+        )
 
     # ---------------------------------------------------------------------------------------------
     # Generation
@@ -253,8 +281,9 @@ class SDXLService:
             self.pipeline.forget(parsed.jobs)
         for outcome in outcomes:
             if isinstance(outcome, Exception):
-                raise ApiError(500, f"image generation failed: {type(outcome).__name__}: {outcome}",
-                               code="generation_failed")
+                raise ApiError(
+                    500, f"image generation failed: {type(outcome).__name__}: {outcome}", code="generation_failed"
+                )
         record = current_request()
         if record is not None:
             record.generated(parsed.jobs, parsed.output_format, outcomes)
@@ -268,7 +297,7 @@ class SDXLService:
             waits_ms = self.pipeline.call_started(call, jobs)
             try:
                 images = await loop.run_in_executor(self._pipeline_thread, self.backend.generate, call.jobs)
-            except Exception as error:  # noqa: BLE001 - reported per request as a 500, counted for health
+            except Exception as error:
                 elapsed_s = self.pipeline.call_ended(call, succeeded=False)
                 logger.exception("pipeline call failed for %d image(s)", len(call.positions))
                 self._failures_in_a_row += 1
@@ -280,13 +309,15 @@ class SDXLService:
             elapsed_ms = round(elapsed_s * 1000)
             self._failures_in_a_row = 0
             self._pipeline_call_done(call, elapsed_s, waits_ms, succeeded=True)
-            for position, image, wait_ms in zip(call.positions, images, waits_ms):
+            # A call padded to the compiled batch returns an image per padded job too; those have no position.
+            for position, image, wait_ms in zip(call.positions, images, waits_ms, strict=False):
                 outcomes[position] = GeneratedImage(image, elapsed_ms, len(call.positions), wait_ms)
         return outcomes
 
     def _pipeline_call_done(self, call, elapsed_s: float, waits_ms: list[int], *, succeeded: bool) -> None:
-        self.metrics.pipeline_call(jobs=call.jobs, answered=len(call.positions), seconds=elapsed_s, waits_ms=waits_ms,
-                                   succeeded=succeeded)
+        self.metrics.pipeline_call(
+            jobs=call.jobs, answered=len(call.positions), seconds=elapsed_s, waits_ms=waits_ms, succeeded=succeeded
+        )
         self.metrics.health(healthy=self.healthy, failures_in_a_row=self._failures_in_a_row)
 
     async def _encode(self, image, output_format: str, *, as_base64: bool = False) -> bytes | str:

@@ -190,7 +190,9 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
         pinned = dataclasses.replace(request, seed=result.seed)
         return path, _ok_html(result.summary()), str(result.seed), elapsed, pinned
 
-    def on_generate(prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size, output_format, visitor_key):
+    def on_generate(
+        prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size, output_format, visitor_key
+    ):
         try:
             request = _request_from_controls(
                 prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size, output_format
@@ -199,8 +201,19 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
             return None, _error_html(error.message), "", "", gr.skip()
         return run(request, visitor_key)
 
-    def on_edit(editor_value, strength, prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size,
-                output_format, visitor_key):
+    def on_edit(
+        editor_value,
+        strength,
+        prompt,
+        negative_prompt,
+        seed,
+        random_seed,
+        steps,
+        guidance_scale,
+        size,
+        output_format,
+        visitor_key,
+    ):
         try:
             request = _request_from_controls(
                 prompt, negative_prompt, seed, random_seed, steps, guidance_scale, size, output_format
@@ -208,8 +221,12 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
             image_png, mask_png = _edit_inputs(editor_value)
         except ApiError as error:
             return None, _error_html(error.message), "", "", gr.skip()
-        edit_request = EditRequest(**dataclasses.asdict(request), image=image_png, mask=mask_png,
-                                   strength=float(strength) if strength is not None else None)
+        edit_request = EditRequest(
+            **dataclasses.asdict(request),
+            image=image_png,
+            mask=mask_png,
+            strength=float(strength) if strength is not None else None,
+        )
         return run(edit_request, visitor_key)
 
     def on_reproduce(last: GenerationRequest | None, visitor_key: str | None):
@@ -238,7 +255,9 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
             "",
             f"Service: {info.summary()}",
             gr.update(maximum=info.max_steps, value=info.default_steps),
-            gr.update(minimum=_guidance_minimum(info), maximum=info.max_guidance_scale, value=info.default_guidance_scale),
+            gr.update(
+                minimum=_guidance_minimum(info), maximum=info.max_guidance_scale, value=info.default_guidance_scale
+            ),
             gr.update(choices=list(info.image_sizes), value=info.default_size),
             gr.update(choices=list(info.output_formats), value=info.default_output_format),
             gr.update(visible=info.auth_required and own_key is None),
@@ -250,23 +269,52 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 visitor_key = gr.Textbox(
-                    label="API key", type="password", visible=False, elem_id="api-key",
+                    label="API key",
+                    type="password",
+                    visible=False,
+                    elem_id="api-key",
                     info="This service needs a key; it is sent to the API with each request and not stored.",
                 )
-                prompt = gr.Textbox(label="Prompt", lines=3, placeholder="an astronaut dancing on green grass, sunlit", elem_id="prompt")
-                negative_prompt = gr.Textbox(label="Negative prompt", lines=2, placeholder="blurry, low quality", elem_id="negative-prompt")
-                with gr.Row():
-                    random_seed = gr.Checkbox(label="Random seed", value=True, elem_id="random-seed")
-                    seed = gr.Number(label="Seed (used when “Random seed” is off)", value=0, precision=0, minimum=0, maximum=MAX_SEED, elem_id="seed")
-                steps = gr.Slider(label="Steps", minimum=1, maximum=defaults.max_steps, value=defaults.default_steps, step=1, elem_id="steps")
-                guidance = gr.Slider(
-                    label="Guidance scale", minimum=_guidance_minimum(defaults), maximum=defaults.max_guidance_scale,
-                    value=defaults.default_guidance_scale, step=_GUIDANCE_STEP, elem_id="guidance",
+                prompt = gr.Textbox(
+                    label="Prompt", lines=3, placeholder="an astronaut dancing on green grass, sunlit", elem_id="prompt"
+                )
+                negative_prompt = gr.Textbox(
+                    label="Negative prompt", lines=2, placeholder="blurry, low quality", elem_id="negative-prompt"
                 )
                 with gr.Row():
-                    size = gr.Dropdown(label="Size", choices=list(defaults.image_sizes), value=defaults.default_size, elem_id="size")
+                    random_seed = gr.Checkbox(label="Random seed", value=True, elem_id="random-seed")
+                    seed = gr.Number(
+                        label="Seed (used when “Random seed” is off)",
+                        value=0,
+                        precision=0,
+                        minimum=0,
+                        maximum=MAX_SEED,
+                        elem_id="seed",
+                    )
+                steps = gr.Slider(
+                    label="Steps",
+                    minimum=1,
+                    maximum=defaults.max_steps,
+                    value=defaults.default_steps,
+                    step=1,
+                    elem_id="steps",
+                )
+                guidance = gr.Slider(
+                    label="Guidance scale",
+                    minimum=_guidance_minimum(defaults),
+                    maximum=defaults.max_guidance_scale,
+                    value=defaults.default_guidance_scale,
+                    step=_GUIDANCE_STEP,
+                    elem_id="guidance",
+                )
+                with gr.Row():
+                    size = gr.Dropdown(
+                        label="Size", choices=list(defaults.image_sizes), value=defaults.default_size, elem_id="size"
+                    )
                     output_format = gr.Radio(
-                        label="Output format", choices=list(defaults.output_formats), value=defaults.default_output_format,
+                        label="Output format",
+                        choices=list(defaults.output_formats),
+                        value=defaults.default_output_format,
                         elem_id="output-format",
                     )
                 with gr.Row():
@@ -275,10 +323,19 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
                 with gr.Accordion("Edit an image", open=False, elem_id="edit-section"):
                     editor = gr.ImageEditor(
                         label="Image to edit: paint where to change it (nothing painted: the whole image is re-drawn)",
-                        type="pil", sources=("upload", "clipboard"), transforms=(), elem_id="edit-image",
+                        type="pil",
+                        sources=("upload", "clipboard"),
+                        transforms=(),
+                        elem_id="edit-image",
                     )
-                    strength = gr.Slider(label="Strength (how much is re-drawn)", minimum=0.05, maximum=1.0,
-                                         value=defaults.default_strength, step=0.05, elem_id="strength")
+                    strength = gr.Slider(
+                        label="Strength (how much is re-drawn)",
+                        minimum=0.05,
+                        maximum=1.0,
+                        value=defaults.default_strength,
+                        step=0.05,
+                        elem_id="strength",
+                    )
                     edit_button = gr.Button("Edit", variant="primary", elem_id="edit")
             with gr.Column(scale=1):
                 image = gr.Image(label="Image", type="filepath", interactive=False, elem_id="result-image")
@@ -294,10 +351,12 @@ def build_blocks(args: UIArgs, *, image_dir: Path | None = None) -> gr.Blocks:
         generate_button.click(on_generate, inputs=controls, outputs=outputs, api_name=False)
         prompt.submit(on_generate, inputs=controls, outputs=outputs, api_name=False)
         edit_button.click(on_edit, inputs=[editor, strength, *controls], outputs=outputs, api_name=False)
-        reproduce_button.click(on_reproduce, inputs=[last, visitor_key], outputs=[*outputs, seed, random_seed],
-                               api_name=False)
-        blocks.load(on_load, outputs=[status, service_line, steps, guidance, size, output_format, visitor_key],
-                    api_name=False)
+        reproduce_button.click(
+            on_reproduce, inputs=[last, visitor_key], outputs=[*outputs, seed, random_seed], api_name=False
+        )
+        blocks.load(
+            on_load, outputs=[status, service_line, steps, guidance, size, output_format, visitor_key], api_name=False
+        )
 
     # The API does its own admission control (503 when full); the UI should pass requests on, not queue them one by one.
     blocks.queue(default_concurrency_limit=16)
@@ -313,8 +372,9 @@ def build_asgi_app(args: UIArgs, *, image_dir: Path | None = None):
     blocks = build_blocks(args, image_dir=image_dir)
     # A bare Starlette parent is enough: mount_gradio_app only mounts Gradio's own app and chains its
     # lifespan (which starts Gradio's queue) into the parent's, which Serve runs at replica start.
-    return gr.mount_gradio_app(Starlette(), blocks, path="/", footer_links=[], css=_CSS, ssr_mode=False,
-                               max_file_size=_MAX_UPLOAD)
+    return gr.mount_gradio_app(
+        Starlette(), blocks, path="/", footer_links=[], css=_CSS, ssr_mode=False, max_file_size=_MAX_UPLOAD
+    )
 
 
 def _serve_deployment():
@@ -360,15 +420,25 @@ def main(argv: list[str] | None = None) -> None:
     options = parser.parse_args(argv)
     try:
         ui_args = parse_ui_args(
-            {"api_url": options.api_url, "api_key_env": options.api_key_env, "request_timeout_s": options.request_timeout_s}
+            {
+                "api_url": options.api_url,
+                "api_key_env": options.api_key_env,
+                "request_timeout_s": options.request_timeout_s,
+            }
         )
     except InvalidUIArgs as error:
         parser.error(str(error))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     blocks = build_blocks(ui_args)
     print(f"SDXL web UI: http://{options.host}:{options.port}/  (API: {ui_args.api_url})", flush=True)
-    blocks.launch(server_name=options.host, server_port=options.port, footer_links=[], css=_CSS, ssr_mode=False,
-                  max_file_size=_MAX_UPLOAD)
+    blocks.launch(
+        server_name=options.host,
+        server_port=options.port,
+        footer_links=[],
+        css=_CSS,
+        ssr_mode=False,
+        max_file_size=_MAX_UPLOAD,
+    )
 
 
 if __name__ == "__main__":

@@ -170,11 +170,11 @@ def parse_info(data: Any) -> ServiceInfo:
     fields = route.get("properties") if isinstance(route, dict) else None
     fields = fields if isinstance(fields, dict) else {}
 
-    def keyword(field: str, name: str) -> Any:
-        entry = fields.get(field)
+    def keyword(field_name: str, name: str) -> Any:
+        entry = fields.get(field_name)
         return entry.get(name) if isinstance(entry, dict) else None
 
-    for attribute, field, name, kind in (
+    for attribute, field_name, name, kind in (
         ("default_steps", "steps", "default", int),
         ("max_steps", "steps", "maximum", int),
         ("max_prompt_chars", "prompt", "maxLength", int),
@@ -183,7 +183,7 @@ def parse_info(data: Any) -> ServiceInfo:
         ("max_guidance_scale", "guidance_scale", "maximum", float),
         ("guidance_above", "guidance_scale", "exclusiveMinimum", float),
     ):
-        value = _number(keyword(field, name), kind)
+        value = _number(keyword(field_name, name), kind)
         if value is not None:
             values[attribute] = value
 
@@ -380,17 +380,32 @@ def _unreachable(api_url: str, error: Exception) -> ApiError:
     )
 
 
-def fetch_info(api_url: str, *, api_key: str | None = None, timeout_s: float = 10.0) -> ServiceInfo:
-    """GET ``{api_url}/info``."""
+def _call(
+    api_url: str, method: str, path: str, *, api_key: str | None, timeout_s: float, timeout_message: str, **send
+) -> httpx.Response:
+    """One request to the service; every failure but a 200 becomes an :class:`ApiError` a person can act on."""
     try:
         with _client(timeout_s) as client:
-            response = client.get(f"{api_url}/info", headers=_headers(api_key))
+            response = client.request(method, f"{api_url}{path}", headers=_headers(api_key), **send)
     except httpx.TimeoutException as error:
-        raise ApiError(f"The service at {api_url} did not answer /info within {timeout_s:g} s.", kind="timeout") from error
+        raise ApiError(timeout_message, kind="timeout") from error
     except httpx.TransportError as error:
         raise _unreachable(api_url, error) from error
     if response.status_code != 200:
         raise error_from_response(response)
+    return response
+
+
+def fetch_info(api_url: str, *, api_key: str | None = None, timeout_s: float = 10.0) -> ServiceInfo:
+    """GET ``{api_url}/info``."""
+    response = _call(
+        api_url,
+        "GET",
+        "/info",
+        api_key=api_key,
+        timeout_s=timeout_s,
+        timeout_message=f"The service at {api_url} did not answer /info within {timeout_s:g} s.",
+    )
     try:
         return parse_info(response.json())
     except ValueError as error:
@@ -418,19 +433,21 @@ def generate(
     """GET ``{api_url}/imagine`` and return the image with the parameters the service actually used."""
     if not request.prompt.strip():
         # The API would say the same; answering locally saves a round trip for the commonest slip.
-        raise ApiError("Write a prompt first: the service needs a description of the image.", kind="invalid_request", param="prompt")
-    try:
-        with _client(timeout_s) as client:
-            response = client.get(f"{api_url}/imagine", params=request.query(), headers=_headers(api_key))
-    except httpx.TimeoutException as error:
         raise ApiError(
-            f"No image after {timeout_s:g} s: the service is slow or overloaded. Try again, or use fewer steps.",
-            kind="timeout",
-        ) from error
-    except httpx.TransportError as error:
-        raise _unreachable(api_url, error) from error
-    if response.status_code != 200:
-        raise error_from_response(response)
+            "Write a prompt first: the service needs a description of the image.",
+            kind="invalid_request",
+            param="prompt",
+        )
+    response = _call(
+        api_url,
+        "GET",
+        "/imagine",
+        params=request.query(),
+        api_key=api_key,
+        timeout_s=timeout_s,
+        timeout_message=f"No image after {timeout_s:g} s: the service is slow or overloaded. "
+        "Try again, or use fewer steps.",
+    )
 
     media_type = response.headers.get("content-type", "")
     if not media_type.startswith("image/") or not response.content:
@@ -456,24 +473,27 @@ def generate(
     )
 
 
-def edit(api_url: str, request: EditRequest, *, api_key: str | None = None, timeout_s: float = 300.0) -> GenerationResult:
+def edit(
+    api_url: str, request: EditRequest, *, api_key: str | None = None, timeout_s: float = 300.0
+) -> GenerationResult:
     """POST ``{api_url}/v1/images/edits`` (multipart) and return the first image with what the service used."""
     if not request.prompt.strip():
-        raise ApiError("Write a prompt first: it says what the edited image should show.", kind="invalid_request",
-                       param="prompt")
+        raise ApiError(
+            "Write a prompt first: it says what the edited image should show.", kind="invalid_request", param="prompt"
+        )
     if not request.image:
         raise ApiError("Upload an image to edit first.", kind="invalid_request", param="image")
     fields, files = request.form()
-    try:
-        with _client(timeout_s) as client:
-            response = client.post(f"{api_url}/v1/images/edits", data=fields, files=files, headers=_headers(api_key))
-    except httpx.TimeoutException as error:
-        raise ApiError(f"No image after {timeout_s:g} s: the service is slow or overloaded. Try again.",
-                       kind="timeout") from error
-    except httpx.TransportError as error:
-        raise _unreachable(api_url, error) from error
-    if response.status_code != 200:
-        raise error_from_response(response)
+    response = _call(
+        api_url,
+        "POST",
+        "/v1/images/edits",
+        data=fields,
+        files=files,
+        api_key=api_key,
+        timeout_s=timeout_s,
+        timeout_message=f"No image after {timeout_s:g} s: the service is slow or overloaded. Try again.",
+    )
     try:
         body = response.json()
         first = body["data"][0]
@@ -486,7 +506,9 @@ def edit(api_url: str, request: EditRequest, *, api_key: str | None = None, time
         image=image,
         media_type=MEDIA_TYPES.get(output_format, "image/png"),
         seed=seed,
-        generation_ms=body.get("generation_time_ms") if isinstance(body.get("generation_time_ms"), (int, float)) else None,
+        generation_ms=body.get("generation_time_ms")
+        if isinstance(body.get("generation_time_ms"), (int, float))
+        else None,
         steps=body.get("steps") if isinstance(body.get("steps"), int) else None,
         guidance_scale=body.get("guidance_scale") if isinstance(body.get("guidance_scale"), (int, float)) else None,
         size=body.get("size") if isinstance(body.get("size"), str) else None,

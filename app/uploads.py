@@ -56,8 +56,11 @@ async def read_multipart(request: Request, limit: int) -> Upload:
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
     if media_type != "multipart/form-data":
-        raise ApiError(415, f"Content-Type must be multipart/form-data, not {media_type or 'missing'!r}",
-                       code="unsupported_media_type")
+        raise ApiError(
+            415,
+            f"Content-Type must be multipart/form-data, not {media_type or 'missing'!r}",
+            code="unsupported_media_type",
+        )
     if "boundary=" not in content_type.lower():
         raise invalid(None, "the multipart Content-Type has no boundary", "invalid_multipart")
     declared = request.headers.get("content-length", "")
@@ -73,13 +76,15 @@ async def read_multipart(request: Request, limit: int) -> Upload:
     async def replay():
         yield bytes(body)
 
-    parser = MultiPartParser(request.headers, replay(), max_files=len(FILE_FIELDS), max_fields=MAX_PARTS,
-                             max_part_size=MAX_FIELD_BYTES)
+    parser = MultiPartParser(
+        request.headers, replay(), max_files=len(FILE_FIELDS), max_fields=MAX_PARTS, max_part_size=MAX_FIELD_BYTES
+    )
     try:
         form = await parser.parse()
     except MultiPartException as error:
-        raise invalid(None, f"the multipart body is malformed or over its limits: {error.message}",
-                      "invalid_multipart") from None
+        raise invalid(
+            None, f"the multipart body is malformed or over its limits: {error.message}", "invalid_multipart"
+        ) from None
     return await _split(form)
 
 
@@ -90,8 +95,9 @@ async def _split(form: FormData) -> Upload:
         # OpenAI's SDK sends a list of images as "image[]"; this service edits exactly one.
         key = "image" if name == "image[]" else name
         if key in fields or key in files:
-            raise invalid(key[:64], f"'{key}' is given more than once (this service edits one image)",
-                          "duplicate_parameter")
+            raise invalid(
+                key[:64], f"'{key}' is given more than once (this service edits one image)", "duplicate_parameter"
+            )
         if isinstance(value, UploadFile):
             if key not in FILE_FIELDS:
                 raise invalid(key[:64], f"'{key}' must be a text field, not a file", "invalid_type")
@@ -118,18 +124,22 @@ def open_image(data: bytes, param: str, max_pixels: int) -> Image.Image:
     except Exception:  # noqa: BLE001 - Pillow raises many types for bytes that are no image it knows
         raise invalid(param, f"'{param}' is not a PNG, JPEG or WebP image", "unsupported_image") from None
     if image.format not in ACCEPTED_FORMATS:
-        raise invalid(param, f"'{param}' is {image.format or 'an unknown format'}; send PNG, JPEG or WebP",
-                      "unsupported_image")
+        raise invalid(
+            param, f"'{param}' is {image.format or 'an unknown format'}; send PNG, JPEG or WebP", "unsupported_image"
+        )
     width, height = image.size
     if width * height > max_pixels:
         raise invalid(param, f"'{param}' is {width}x{height}, more than {max_pixels} pixels", "image_too_large")
     if getattr(image, "n_frames", 1) > 1:
-        raise invalid(param, f"'{param}' is animated ({image.n_frames} frames); send a single image",
-                      "unsupported_image")
+        raise invalid(
+            param, f"'{param}' is animated ({image.n_frames} frames); send a single image", "unsupported_image"
+        )
     try:
         image.load()
     except Exception:  # noqa: BLE001 - truncated or corrupt data surfaces as OSError, SyntaxError, ValueError...
-        raise invalid(param, f"'{param}' is truncated or corrupt: it could not be decoded", "unsupported_image") from None
+        raise invalid(
+            param, f"'{param}' is truncated or corrupt: it could not be decoded", "unsupported_image"
+        ) from None
     return ImageOps.exif_transpose(image)
 
 
@@ -150,12 +160,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def mask_from(image: Image.Image, target: Image.Image) -> Image.Image:
     """The inpainting mask ("L", 255 = re-draw) from an uploaded mask under OpenAI's rule."""
     if image.size != target.size:
-        raise invalid("mask", f"'mask' is {image.size[0]}x{image.size[1]} but 'image' is {target.size[0]}x"
-                              f"{target.size[1]}: OpenAI's rule is a mask of the image's size")
+        raise invalid(
+            "mask",
+            f"'mask' is {image.size[0]}x{image.size[1]} but 'image' is {target.size[0]}x"
+            f"{target.size[1]}: OpenAI's rule is a mask of the image's size",
+        )
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info)
     if not has_alpha:
-        raise invalid("mask", f"'mask' has no alpha channel (mode {image.mode}): OpenAI's rule is that fully "
-                              "transparent pixels mark where to edit, so send a PNG or WebP with transparency")
+        raise invalid(
+            "mask",
+            f"'mask' has no alpha channel (mode {image.mode}): OpenAI's rule is that fully "
+            "transparent pixels mark where to edit, so send a PNG or WebP with transparency",
+        )
     alpha = image.convert("RGBA").getchannel("A")
     return alpha.point(lambda value: 255 if value == 0 else 0)
 

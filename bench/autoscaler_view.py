@@ -1,10 +1,8 @@
 """What the Ray autoscaler sees of the chart's RayCluster, computed by Ray's own code.
 
-- :func:`render_rayservice`: the RayService the chart renders for some values (Helm's engine via
-  helm-python-sdk, offline, schema and validate.yaml included, as ``helm install`` does).
 - :func:`kuberay_autoscaling_config`: the autoscaling config the KubeRay autoscaler sidecar derives
   from a RayCluster (Ray 2.60's ``_derive_autoscaling_config_from_ray_cr``), for the
-  ``rayClusterConfig`` of that RayService.
+  ``rayClusterConfig`` of a rendered RayService (``bench.chart_render``).
 - :func:`seed_shaped`: the same cluster with the worker group written the way the public AWS
   blueprint writes it (no ``resources`` in ``rayStartParams``, the container requests whole Neuron
   devices): the shape whose autoscaler never sees ``neuron_cores`` (ray-project/ray#44361).
@@ -15,10 +13,7 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CHART = REPO / "chart"
 #: The name KubeRay gives the RayCluster of a RayService is <name>-<suffix>; any name does here.
 CLUSTER_NAME = "sdxl-scale"
 NAMESPACE = "sdxl"
@@ -26,42 +21,6 @@ NAMESPACE = "sdxl"
 FAKE_HEAD_TYPE = "ray.head.default"
 #: The KubeRay translator's name of the head node type.
 KUBERAY_HEAD_TYPE = "headgroup"
-
-
-def scenario_values(name: str) -> dict:
-    import yaml
-
-    return yaml.safe_load((CHART / "ci" / f"{name}-values.yaml").read_text()) or {}
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def render_rayservice(values: dict) -> dict:
-    """The RayService the chart renders for ``values`` (raises Helm's error for refused values)."""
-    import helm_python
-    import yaml
-
-    manifests = helm_python.Chart.load(CHART).render(values, name="sdxl", namespace=NAMESPACE, is_install=True)
-    for path, text in sorted(manifests.items()):
-        if path.endswith((".yaml", ".yml")):
-            for doc in yaml.safe_load_all(text):
-                if doc and doc.get("kind") == "RayService":
-                    return doc
-    raise RuntimeError("the chart rendered no RayService")
-
-
-def serve_config(rayservice: dict) -> dict:
-    import yaml
-
-    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
 
 
 def ray_cluster(ray_cluster_config: dict) -> dict:

@@ -63,23 +63,47 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     metrics_port = free_port()
     path = rendered.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]["path"]
-    scrape = [{"job_name": "ray", "metrics_path": path,
-               "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"namespace": NAMESPACE}}]}]
-    with tempfile.TemporaryDirectory() as workdir, prometheus_server(scrape, Path(workdir)) as prometheus, local_serve(
-        fast_embedded_args(), metrics_export_port=metrics_port,
-        deployment_options={"max_ongoing_requests": 4, "max_queued_requests": 6},
-    ) as base:
+    scrape = [
+        {
+            "job_name": "ray",
+            "metrics_path": path,
+            "static_configs": [{"targets": [f"127.0.0.1:{metrics_port}"], "labels": {"namespace": NAMESPACE}}],
+        }
+    ]
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        prometheus_server(scrape, Path(workdir)) as prometheus,
+        local_serve(
+            fast_embedded_args(),
+            metrics_export_port=metrics_port,
+            deployment_options={"max_ongoing_requests": 4, "max_queued_requests": 6},
+        ) as base,
+    ):
         started = time.time()
         for share, concurrency in PHASES:
             # Clients that honour Retry-After after a 503 (capped at 1 s), as the README asks of them.
-            run = loadgen.run_sync(requests_for(base), concurrency=concurrency, duration_s=share * options.seconds,
-                                   timeout_s=120, backoff_on_503_s=1.0)
+            run = loadgen.run_sync(
+                requests_for(base),
+                concurrency=concurrency,
+                duration_s=share * options.seconds,
+                timeout_s=120,
+                backoff_on_503_s=1.0,
+            )
             summary = loadgen.summarise(run)
-            print(f"concurrency {concurrency:>2}: {summary['requests']} requests, statuses {summary['statuses']}",
-                  flush=True)
+            print(
+                f"concurrency {concurrency:>2}: {summary['requests']} requests, statuses {summary['statuses']}",
+                flush=True,
+            )
         time.sleep(5)  # the last reports reach Prometheus
-        out = render_png(prometheus, dashboard_from_rendered(rendered), started, time.time(), Path(options.out),
-                         rate_interval="20s", step=5)
+        out = render_png(
+            prometheus,
+            dashboard_from_rendered(rendered),
+            started,
+            time.time(),
+            Path(options.out),
+            rate_interval="20s",
+            step=5,
+        )
     print(f"wrote {out}")
     return 0
 

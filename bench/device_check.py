@@ -38,7 +38,7 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,16 +68,32 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    parser.add_argument("--dtype", choices=("auto", "fp16", "fp32"), default="auto",
-                        help="only a check: DiffusersBackend runs fp16 on cuda and fp32 on cpu")
+    parser.add_argument(
+        "--dtype",
+        choices=("auto", "fp16", "fp32"),
+        default="auto",
+        help="only a check: DiffusersBackend runs fp16 on cuda and fp32 on cpu",
+    )
     parser.add_argument("--size", type=int, default=1024, help="square image side in pixels")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batches", default="1,2,4", help="comma-separated images per call")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per batch size (median)")
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps of the untimed first call per batch size")
-    parser.add_argument("--option-batch", type=int, default=None, help="batch size options are measured at (default: first of --batches)")
-    parser.add_argument("--keep-threshold", type=float, default=0.03, help="an option is kept when s/image drops by more than this fraction")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="stop measuring after this many seconds (output is still written)")
+    parser.add_argument(
+        "--option-batch",
+        type=int,
+        default=None,
+        help="batch size options are measured at (default: first of --batches)",
+    )
+    parser.add_argument(
+        "--keep-threshold",
+        type=float,
+        default=0.03,
+        help="an option is kept when s/image drops by more than this fraction",
+    )
+    parser.add_argument(
+        "--budget-s", type=float, default=420.0, help="stop measuring after this many seconds (output is still written)"
+    )
     parser.add_argument("--compile-timeout-s", type=float, default=150.0, help="time box of the torch.compile child")
     parser.add_argument("--tiny", action="store_true", help="the same architecture at toy width/depth (CPU dry run)")
     parser.add_argument("--child-case", help=argparse.SUPPRESS)
@@ -92,7 +108,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         parser.error("--repeats, --steps and --warmup-steps must be at least 1")
     backend_dtype = "fp16" if args.device == "cuda" else "fp32"
     if args.dtype not in ("auto", backend_dtype):
-        parser.error(f"DiffusersBackend runs {backend_dtype} on {args.device}; --dtype {args.dtype} is not a backend setting")
+        parser.error(
+            f"DiffusersBackend runs {backend_dtype} on {args.device}; --dtype {args.dtype} is not a backend setting"
+        )
     args.dtype = backend_dtype
     return args
 
@@ -112,12 +130,22 @@ def app_args(cli: argparse.Namespace, options: list[str], vae_dir: str | None):
 
 
 def jobs_for(cli: argparse.Namespace, batch: int, steps: int, first_seed: int) -> list:
-    from app.jobs import ImageJob
     from app.config import AppArgs
+    from app.jobs import ImageJob
 
     guidance = AppArgs.model_fields["default_guidance_scale"].default
-    return [ImageJob(prompt=PROMPT, negative_prompt=None, seed=first_seed + index, steps=steps,
-                     guidance_scale=guidance, width=cli.size, height=cli.size) for index in range(batch)]
+    return [
+        ImageJob(
+            prompt=PROMPT,
+            negative_prompt=None,
+            seed=first_seed + index,
+            steps=steps,
+            guidance_scale=guidance,
+            width=cli.size,
+            height=cli.size,
+        )
+        for index in range(batch)
+    ]
 
 
 def free_device_memory(device: str) -> None:
@@ -137,7 +165,10 @@ def measure_batch(cli, backend, batch: int, clock: Clock, expected_call_s: float
     cuda = cli.device == "cuda"
     row: dict = {"batch": batch, "calls_s": []}
     if expected_call_s is not None and clock.left() < expected_call_s * (1 + cli.warmup_steps / cli.steps):
-        row.update(status="skipped", reason=f"wall-clock budget: ~{expected_call_s:.1f} s per call, {max(clock.left(), 0):.0f} s left")
+        row.update(
+            status="skipped",
+            reason=f"wall-clock budget: ~{expected_call_s:.1f} s per call, {max(clock.left(), 0):.0f} s left",
+        )
         return row
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -173,8 +204,15 @@ def measure_batch(cli, backend, batch: int, clock: Clock, expected_call_s: float
     return row
 
 
-def run_variant(cli, name: str, options: list[str], batches: list[int], clock: Clock, vae_dir: str | None,
-                expected: dict[int, float]) -> dict:
+def run_variant(
+    cli,
+    name: str,
+    options: list[str],
+    batches: list[int],
+    clock: Clock,
+    vae_dir: str | None,
+    expected: dict[int, float],
+) -> dict:
     """Build the full-size pipeline, wrap it in DiffusersBackend with ``options``, measure ``batches``."""
     import torch
 
@@ -200,7 +238,7 @@ def run_variant(cli, name: str, options: list[str], batches: list[int], clock: C
             if estimate is None and done:  # images per call scale about linearly once the GPU is busy
                 estimate = done[-1]["s_per_image"] * batch
             case["rows"].append(measure_batch(cli, backend, batch, clock, estimate))
-    except Exception as error:  # one broken option must not cost the other measurements
+    except Exception as error:  # noqa: BLE001 (one broken option must not cost the other measurements)
         traceback.print_exc()
         case.update(status="failed", reason=f"{type(error).__name__}: {error}"[:500])
         return case
@@ -208,8 +246,11 @@ def run_variant(cli, name: str, options: list[str], batches: list[int], clock: C
         backend = pipeline = None
         free_device_memory(cli.device)
     measured = [row for row in case["rows"] if "s_per_image" in row]
-    case["status"] = "measured" if measured and all(row["status"] == "measured" for row in case["rows"]) else (
-        "partial" if measured else "skipped")
+    case["status"] = (
+        "measured"
+        if measured and all(row["status"] == "measured" for row in case["rows"])
+        else ("partial" if measured else "skipped")
+    )
     if case["status"] != "measured":
         case["reason"] = next((row["reason"] for row in case["rows"] if row.get("reason")), "no batch measured")
     return case
@@ -219,12 +260,29 @@ def run_child_variant(cli, name: str, options: list[str], vae_dir: str | None, t
     """Run one variant in a child process (its own session), killed with everything it started at ``timeout_s``."""
     case = {"variant": name, "options": options, "rows": []}
     result_path = scratch / f"{name}.json"
-    command = [sys.executable, str(Path(__file__).resolve()), str(cli.outdir),
-               "--device", cli.device, "--size", str(cli.size), "--steps", str(cli.steps),
-               "--batches", str(cli.option_batch), "--repeats", str(cli.repeats),
-               "--warmup-steps", str(cli.warmup_steps), "--budget-s", str(max(timeout_s - 5, 1)),
-               "--child-case", json.dumps({"name": name, "options": options, "vae_dir": vae_dir}),
-               "--child-result", str(result_path)] + (["--tiny"] if cli.tiny else [])
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        str(cli.outdir),
+        "--device",
+        cli.device,
+        "--size",
+        str(cli.size),
+        "--steps",
+        str(cli.steps),
+        "--batches",
+        str(cli.option_batch),
+        "--repeats",
+        str(cli.repeats),
+        "--warmup-steps",
+        str(cli.warmup_steps),
+        "--budget-s",
+        str(max(timeout_s - 5, 1)),
+        "--child-case",
+        json.dumps({"name": name, "options": options, "vae_dir": vae_dir}),
+        "--child-result",
+        str(result_path),
+    ] + (["--tiny"] if cli.tiny else [])
     started = time.monotonic()
     child = subprocess.Popen(command, start_new_session=True)
     try:
@@ -232,8 +290,10 @@ def run_child_variant(cli, name: str, options: list[str], vae_dir: str | None, t
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)  # the child's session: inductor's compile workers too
         child.wait()
-        case.update(status="skipped", reason=(
-            f"time box: did not build, compile and finish its calls within {timeout_s:.0f} s (child killed)"))
+        case.update(
+            status="skipped",
+            reason=(f"time box: did not build, compile and finish its calls within {timeout_s:.0f} s (child killed)"),
+        )
         return case
     finally:
         case["child_s"] = round(time.monotonic() - started, 1)
@@ -271,13 +331,15 @@ def environment(cli) -> dict:
 
 
 def parameter_counts(cli) -> dict:
-    from bench.full_size_sdxl import FULL, TINY, build_components, parameter_counts as count
+    from bench.full_size_sdxl import FULL, TINY, build_components
+    from bench.full_size_sdxl import parameter_counts as count
 
     return count(build_components(TINY if cli.tiny else FULL, device="meta"))
 
 
 def option_summary(report: dict, keep_threshold: float) -> dict:
     """Each option's s/image at the option batch against the baseline's (or the kept set's, for compile)."""
+
     def s_per_image(case: dict | None, batch: int) -> float | None:
         for row in (case or {}).get("rows", []):
             if row["batch"] == batch and "s_per_image" in row:
@@ -290,14 +352,23 @@ def option_summary(report: dict, keep_threshold: float) -> dict:
     for name in (*SINGLE_OPTIONS, "compile_unet"):
         case = cases.get(name)
         if case is None:
-            summary[name] = {"status": "pending" if not report.get("finished") else "skipped", "kept": False,
-                             "reason": "not reached yet" if not report.get("finished") else "not reached: wall-clock budget"}
+            summary[name] = {
+                "status": "pending" if not report.get("finished") else "skipped",
+                "kept": False,
+                "reason": "not reached yet" if not report.get("finished") else "not reached: wall-clock budget",
+            }
             continue
         reference_name = "kept" if name == "compile_unet" and s_per_image(cases.get("kept"), batch) else "baseline"
         reference = s_per_image(cases.get(reference_name), batch)
         value = s_per_image(case, batch)
-        entry = {"status": case["status"], "options": case["options"], "batch": batch, "s_per_image": value,
-                 "reference": reference_name, "reference_s_per_image": reference}
+        entry = {
+            "status": case["status"],
+            "options": case["options"],
+            "batch": batch,
+            "s_per_image": value,
+            "reference": reference_name,
+            "reference_s_per_image": reference,
+        }
         if case.get("reason"):
             entry["reason"] = case["reason"]
         first_calls = [row["warmup_s"] for row in case.get("rows", []) if "warmup_s" in row]
@@ -325,40 +396,60 @@ def markdown(report: dict) -> str:
     settings, env = report["settings"], report["environment"]
     counts = ", ".join(f"{name} {value:,}" for name, value in report["parameter_counts"].items())
     lines = [
-        f"## SDXL base through DiffusersBackend on {env.get('device_name', '?')} ({settings['device']}, {settings['dtype']})",
+        f"## SDXL base through DiffusersBackend on {env.get('device_name', '?')} "
+        f"({settings['device']}, {settings['dtype']})",
         "",
         f"- Run: {report['started_utc']}; command `{report['command']}`",
         f"- Versions: torch {env.get('torch')} (CUDA {env.get('cuda')}), diffusers {env.get('diffusers')}, "
         f"transformers {env.get('transformers')}, Python {env.get('python')}",
-        f"- Model: {report['model']}; parameters {counts}. Random weights: the images are noise, the arithmetic is SDXL's.",
-        f"- Workload: {settings['size']}x{settings['size']}, {settings['steps']} steps, guidance {settings['guidance_scale']} "
+        f"- Model: {report['model']}; parameters {counts}. "
+        "Random weights: the images are noise, the arithmetic is SDXL's.",
+        f"- Workload: {settings['size']}x{settings['size']}, {settings['steps']} steps, "
+        f"guidance {settings['guidance_scale']} "
         f"(classifier-free guidance: the UNet runs on twice the batch), Euler; per batch size one warm-up call of "
-        f"{settings['warmup_steps']} steps, then the median of {settings['repeats']} timed calls of DiffusersBackend.generate.",
-        f"- Budget {settings['budget_s']:g} s, used {report['elapsed_s']:.0f} s" + (
-            "; stopped early by the budget" if report.get("stopped_by_budget") else ""),
+        f"{settings['warmup_steps']} steps, "
+        f"then the median of {settings['repeats']} timed calls of DiffusersBackend.generate.",
+        f"- Budget {settings['budget_s']:g} s, used {report['elapsed_s']:.0f} s"
+        + ("; stopped early by the budget" if report.get("stopped_by_budget") else ""),
         "",
         "| variant | options | batch | s/image | images/s | s/call (median) | calls | peak memory GiB | vs baseline |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    baseline = {row["batch"]: row.get("s_per_image") for case in report["cases"] if case["variant"] == "baseline"
-                for row in case["rows"]}
+    baseline = {
+        row["batch"]: row.get("s_per_image")
+        for case in report["cases"]
+        if case["variant"] == "baseline"
+        for row in case["rows"]
+    }
     for case in report["cases"]:
         options = ", ".join(case["options"]) or "defaults (SDPA)"
         if not case["rows"]:
-            lines.append(f"| {case['variant']} | {options} | - | - | - | - | 0 | - | {case['status']}: {case.get('reason', '')} |")
+            lines.append(
+                f"| {case['variant']} | {options} | - | - | - | - | 0 | - | "
+                f"{case['status']}: {case.get('reason', '')} |"
+            )
         for row in case["rows"]:
             if "s_per_image" not in row:
-                lines.append(f"| {case['variant']} | {options} | {row['batch']} | - | - | - | 0 | - | {row['status']}: {row.get('reason', '')} |")
+                lines.append(
+                    f"| {case['variant']} | {options} | {row['batch']} | - | - | - | 0 | - | "
+                    f"{row['status']}: {row.get('reason', '')} |"
+                )
                 continue
             memory = "n/a (cpu)" if row["peak_memory_gib"] is None else f"{row['peak_memory_gib']:.2f}"
             reference = baseline.get(row["batch"])
             versus = f"{reference / row['s_per_image']:.2f}x" if reference else "-"
-            lines.append(f"| {case['variant']} | {options} | {row['batch']} | {row['s_per_image']:.3f} | "
-                         f"{row['images_per_s']:.2f} | {row['s_per_call']:.3f} | {len(row['calls_s'])} | {memory} | {versus} |")
-    lines += ["", f"### Options (at batch {settings['option_batch']}; kept when more than "
-                  f"{settings['keep_threshold']:.0%} faster than the reference)", "",
-              "| option | status | s/image | reference | reference s/image | speedup | kept | note |",
-              "|---|---|---:|---|---:|---:|---|---|"]
+            lines.append(
+                f"| {case['variant']} | {options} | {row['batch']} | {row['s_per_image']:.3f} | "
+                f"{row['images_per_s']:.2f} | {row['s_per_call']:.3f} | {len(row['calls_s'])} | {memory} | {versus} |"
+            )
+    lines += [
+        "",
+        f"### Options (at batch {settings['option_batch']}; kept when more than "
+        f"{settings['keep_threshold']:.0%} faster than the reference)",
+        "",
+        "| option | status | s/image | reference | reference s/image | speedup | kept | note |",
+        "|---|---|---:|---|---:|---:|---|---|",
+    ]
     for name, entry in report["optimizations"].items():
         value = "-" if entry.get("s_per_image") is None else f"{entry['s_per_image']:.3f}"
         reference = "-" if entry.get("reference_s_per_image") is None else f"{entry['reference_s_per_image']:.3f}"
@@ -366,8 +457,10 @@ def markdown(report: dict) -> str:
         note = entry.get("reason", "")
         if "first_call_s" in entry:
             note = f"first call, compiling: {entry['first_call_s']:.0f} s. {note}".strip()
-        lines.append(f"| {name} | {entry['status']} | {value} | {entry.get('reference', '-')} | {reference} | "
-                     f"{speedup} | {'yes' if entry['kept'] else 'no'} | {note} |")
+        lines.append(
+            f"| {name} | {entry['status']} | {value} | {entry.get('reference', '-')} | {reference} | "
+            f"{speedup} | {'yes' if entry['kept'] else 'no'} | {note} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -414,14 +507,23 @@ def main(argv: list[str]) -> int:
 def check(cli, argv: list[str], scratch: Path) -> int:
     clock = Clock(cli.budget_s)
     report = {
-        "started_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "started_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join(["python3", "bench/device_check.py", *argv]),
         "model": MODEL_LABEL + (" at toy size (--tiny)" if cli.tiny else ""),
         "settings": {
-            "device": cli.device, "dtype": cli.dtype, "size": cli.size, "steps": cli.steps, "batches": cli.batches,
-            "repeats": cli.repeats, "warmup_steps": cli.warmup_steps, "option_batch": cli.option_batch,
-            "keep_threshold": cli.keep_threshold, "budget_s": cli.budget_s, "compile_timeout_s": cli.compile_timeout_s,
-            "guidance_scale": None, "tiny": cli.tiny,
+            "device": cli.device,
+            "dtype": cli.dtype,
+            "size": cli.size,
+            "steps": cli.steps,
+            "batches": cli.batches,
+            "repeats": cli.repeats,
+            "warmup_steps": cli.warmup_steps,
+            "option_batch": cli.option_batch,
+            "keep_threshold": cli.keep_threshold,
+            "budget_s": cli.budget_s,
+            "compile_timeout_s": cli.compile_timeout_s,
+            "guidance_scale": None,
+            "tiny": cli.tiny,
         },
         "cases": [],
     }
@@ -436,9 +538,16 @@ def check(cli, argv: list[str], scratch: Path) -> int:
         report["elapsed_s"] = round(clock.elapsed(), 1)
         report["stopped_by_budget"] = any(cut_by_budget(case) for case in report["cases"])
         write_outputs(report, cli.outdir)
-        rows = ", ".join(f"batch {row['batch']}: {row['s_per_image']:.3f} s/image" if "s_per_image" in row
-                         else f"batch {row['batch']}: {row['status']}" for row in case["rows"])
-        print(f"[{clock.elapsed():6.1f} s] {case['variant']}: {case['status']} {rows} {case.get('reason', '')}", flush=True)
+        rows = ", ".join(
+            f"batch {row['batch']}: {row['s_per_image']:.3f} s/image"
+            if "s_per_image" in row
+            else f"batch {row['batch']}: {row['status']}"
+            for row in case["rows"]
+        )
+        print(
+            f"[{clock.elapsed():6.1f} s] {case['variant']}: {case['status']} {rows} {case.get('reason', '')}",
+            flush=True,
+        )
         return case
 
     baseline = record(run_variant(cli, "baseline", [], cli.batches, clock, None, {}))
@@ -454,8 +563,15 @@ def check(cli, argv: list[str], scratch: Path) -> int:
         record(run_variant(cli, "kept", kept, cli.batches, clock, vae_dir, expected))
     compile_box = min(cli.compile_timeout_s, clock.left())
     if compile_box < 1:
-        record({"variant": "compile_unet", "options": kept + ["compile_unet"], "rows": [], "status": "skipped",
-                "reason": "wall-clock budget: no time left for the torch.compile child"})
+        record(
+            {
+                "variant": "compile_unet",
+                "options": kept + ["compile_unet"],
+                "rows": [],
+                "status": "skipped",
+                "reason": "wall-clock budget: no time left for the torch.compile child",
+            }
+        )
     else:
         record(run_child_variant(cli, "compile_unet", kept + ["compile_unet"], vae_dir, compile_box, scratch))
     report["elapsed_s"] = round(clock.elapsed(), 1)

@@ -106,7 +106,9 @@ def _describe(proc: psutil.Process) -> str:
 
 
 class FakeCluster:
-    def __init__(self, config: dict, *, env: dict[str, str] | None = None, token: str | None = None, keep_logs: bool = False):
+    def __init__(
+        self, config: dict, *, env: dict[str, str] | None = None, token: str | None = None, keep_logs: bool = False
+    ):
         if not port_is_free(GCS_PORT):
             raise RuntimeError(
                 f"port {GCS_PORT} is taken: another fake cluster (or a redis) runs on this machine; "
@@ -144,14 +146,22 @@ class FakeCluster:
         head = self.config["available_node_types"][self.config["head_node_type"]]["node_config"]["raylet"]
         ray_bin = str(Path(sys.executable).with_name("ray"))
         command = [
-            ray_bin, "start", "--head", f"--port={GCS_PORT}", f"--temp-dir={self.temp_dir}",
+            ray_bin,
+            "start",
+            "--head",
+            f"--port={GCS_PORT}",
+            f"--temp-dir={self.temp_dir}",
             f"--autoscaling-config={self.config_path}",
-            f"--num-cpus={head['num_cpus']}", f"--memory={head['memory']}",
+            f"--num-cpus={head['num_cpus']}",
+            f"--memory={head['memory']}",
             f"--object-store-memory={head['object_store_memory']}",
-            "--include-dashboard=false", "--disable-usage-stats",
-            "--min-worker-port=0", "--max-worker-port=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
             # Ports other Ray sessions on this machine may hold by default.
-            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
         ]
         completed = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=timeout_s)
         self.track()

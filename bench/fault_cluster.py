@@ -8,7 +8,7 @@ stopped the way the kubelet stops a container on pod deletion (SIGTERM to the ma
 Ray's own SIGTERM handler, then SIGKILL after the grace period).
 
 - The head pod advertises no CPUs and no ``neuron_cores`` (the chart's head: ``num-cpus: 0``); worker
-  pods advertise what the rendered worker group advertises (``rayStartParams.resources`` and the
+  pods advertise what the rendered worker group advertises (its group-level ``resources`` and the
   container's CPU limit), so SDXL replicas land only on workers.
 - The app is the chart's own serveConfigV2 (rendered with Helm's engine), PUT to the head's dashboard
   as KubeRay does. Changed for this shared machine only: the proxies bind 127.0.0.1 on free ports
@@ -42,9 +42,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import psutil
 
@@ -94,36 +94,25 @@ def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
 
 
 def chart_facts(values: dict | None = None, scenario: str = "cpu-local") -> dict:
-    """What the chart renders for a scenario (Helm's engine via helm-python-sdk, offline).
+    """What the chart renders for ``values`` over a scenario (``bench.chart_render``: Helm's engine, offline).
 
     ``{"serve_config", "worker_resources", "worker_cpus", "head_num_cpus"}``: serveConfigV2 as the
-    RayService carries it, the custom resources the worker group advertises, its CPU limit and the
-    head's ``num-cpus``.
+    RayService carries it, the custom resources the worker group advertises (read by the Ray
+    autoscaler's own parser of a KubeRay group spec), its CPU limit and the head's ``num-cpus``.
     """
-    import helm_python
-    import yaml
+    from ray.autoscaler._private.kuberay.autoscaling_config import _get_ray_resources_from_group_spec
 
-    chart_dir = REPO_ROOT / "chart"
+    from bench import chart_render
 
-    def merge(base: dict, override: dict) -> dict:
-        out = dict(base)
-        for key, value in override.items():
-            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-        return out
-
-    values = merge(yaml.safe_load((chart_dir / "ci" / f"{scenario}-values.yaml").read_text()) or {}, values or {})
-    files = helm_python.Chart.load(chart_dir).render(values, name="sdxl", namespace="sdxl", is_install=True,
-                                                     is_upgrade=False)
-    service = next(
-        doc for path, text in sorted(files.items()) if path.endswith(".yaml")
-        for doc in yaml.safe_load_all(text) if doc and doc.get("kind") == "RayService"
-    )
+    service = chart_render.render_rayservice(values, scenario=scenario)
     cluster = service["spec"]["rayClusterConfig"]
     (worker,) = cluster["workerGroupSpecs"]
-    raw = worker["rayStartParams"]["resources"]  # '"{\"neuron_cores\": 2}"', as the autoscaler reads it
+    advertised = _get_ray_resources_from_group_spec(worker, is_head=False)
     return {
-        "serve_config": yaml.safe_load(service["spec"]["serveConfigV2"]),
-        "worker_resources": json.loads(raw[1:-1].replace("\\", "")),
+        "serve_config": chart_render.serve_config(service),
+        "worker_resources": {
+            key: value for key, value in advertised.items() if key not in ("CPU", "GPU", "TPU", "memory")
+        },
         "worker_cpus": int(worker["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]),
         "head_num_cpus": int(cluster["headGroupSpec"]["rayStartParams"]["num-cpus"]),
     }
@@ -157,8 +146,12 @@ class Pod:
         self.starts += 1
         with open(self.logdir / f"{self.name}.{self.starts}.log", "wb") as log:
             self.process = subprocess.Popen(
-                [str(RAY_BIN), "start", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [str(RAY_BIN), "start", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
 
     def alive(self) -> bool:
@@ -257,6 +250,20 @@ class FaultCluster:
     _head_pods: int = 0
 
     @classmethod
+    def of_chart(cls, values: dict, **kwargs) -> contextlib.AbstractContextManager[FaultCluster]:
+        """:meth:`running` with the pods and the app the chart renders for ``values`` (cpu-local scenario),
+        the model from the shared embedded copy."""
+        facts = chart_facts(values)
+        return cls.running(
+            serve_config=facts["serve_config"],
+            worker_resources=facts["worker_resources"],
+            worker_cpus=facts["worker_cpus"],
+            head_num_cpus=facts["head_num_cpus"],
+            app_env=embedded_model_env(),
+            **kwargs,
+        )
+
+    @classmethod
     @contextlib.contextmanager
     def running(cls, *, workers: int = 2, deploy: bool = True, **kwargs) -> Iterator[FaultCluster]:
         if kwargs.get("fault_tolerance") not in FAULT_TOLERANCE_BACKENDS:
@@ -279,10 +286,16 @@ class FaultCluster:
 
     def _env(self) -> dict:
         env = {key: value for key, value in os.environ.items() if not key.startswith("RAY_")}
-        env.update({"PYTHONPATH": str(REPO_ROOT), "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-                    # On this shared 2-core machine under load, a dashboard agent can take longer to start
-                    # than the raylet waits for it by default, and the raylet then aborts the node.
-                    "RAY_agent_register_timeout_ms": "90000"})
+        env.update(
+            {
+                "PYTHONPATH": str(REPO_ROOT),
+                "RAY_AUTH_MODE": "disabled",
+                "RAY_USAGE_STATS_ENABLED": "0",
+                # On this shared 2-core machine under load, a dashboard agent can take longer to start
+                # than the raylet waits for it by default, and the raylet then aborts the node.
+                "RAY_agent_register_timeout_ms": "90000",
+            }
+        )
         env.update(self.app_env)
         return env
 
@@ -383,8 +396,9 @@ class FaultCluster:
 
     def _request(self, method: str, path: str, body: dict | None = None, timeout_s: float = 10.0) -> dict:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.dashboard + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.dashboard + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             text = response.read()
         return json.loads(text) if text.strip() else {}
@@ -405,6 +419,7 @@ class FaultCluster:
     def wait_nodes(self, count: int, timeout_s: float = 180.0) -> list[dict]:
         """Until ``count`` Ray nodes are alive; a pod whose ``ray start`` gave up meanwhile (a slow start on a
         busy machine) is restarted, as its container would be."""
+
         def alive():
             self.restart_exited_containers()
             nodes = self.alive_nodes()
@@ -422,8 +437,12 @@ class FaultCluster:
     def deploy(self, timeout_s: float = 120.0) -> None:
         """PUT serveConfigV2 to the dashboard, as KubeRay does (retrying while the dashboard starts)."""
         config = self.deployable_config()
-        wait_for(lambda: self._request("PUT", "/api/serve/applications/", config, timeout_s=30) is not None,
-                 timeout_s, "the dashboard did not accept serveConfigV2", interval_s=1.0)
+        wait_for(
+            lambda: self._request("PUT", "/api/serve/applications/", config, timeout_s=30) is not None,
+            timeout_s,
+            "the dashboard did not accept serveConfigV2",
+            interval_s=1.0,
+        )
 
     def serve_details(self) -> dict:
         return self._request("GET", "/api/serve/applications/")
@@ -462,8 +481,9 @@ class FaultCluster:
 
     def wait_running(self, timeout_s: float = 240.0) -> list[dict]:
         """Until the API application is RUNNING with every replica RUNNING (and its model loaded)."""
-        return wait_for(self.serving, timeout_s,
-                        f"{API_APP} was not RUNNING with {self.wanted_replicas()} replicas", interval_s=0.5)
+        return wait_for(
+            self.serving, timeout_s, f"{API_APP} was not RUNNING with {self.wanted_replicas()} replicas", interval_s=0.5
+        )
 
     # -- replicas as processes (independent of the controller, which a head loss takes away)
 

@@ -32,11 +32,18 @@ import psutil
 from bench import loadgen
 from bench.fault_cluster import API_APP, FaultCluster, Pod, http_get, wait_for
 
+#: The image size of every request in the drills (the smallest, so a 2-core machine carries 12 clients).
+DRILL_SIZE = (64, 64)
 #: The chart values the drills deploy: the cpu-local scenario (embedded model), web UI off, and one
 #: replica per 2-core worker node (the chart's default ratio of NeuronCores per replica), so replicas
 #: land on distinct worker nodes and a lost node's replica has to move to another (workers.maxNodes
 #: leaves room for the spare nodes the drills add).
-CHART_VALUES = {"ui": {"enabled": False}, "neuronCoresPerReplica": 2, "workers": {"maxNodes": 4}}
+CHART_VALUES = {
+    "ui": {"enabled": False},
+    "neuronCoresPerReplica": 2,
+    "workers": {"maxNodes": 4},
+    "model": {"imageSizes": [f"{DRILL_SIZE[0]}x{DRILL_SIZE[1]}"]},
+}
 #: More clients than one replica takes at once (the chart's cpu-local maxOngoingRequests: 8): a worker's
 #: proxy routes to the replica on its own node first (Serve's prefer-local routing) and sends the
 #: overflow to replicas on other nodes, so the drills also carry requests across nodes.
@@ -71,8 +78,10 @@ class Traffic:
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def __enter__(self) -> Traffic:
-        self._threads = [threading.Thread(target=target, daemon=True)
-                         for target in (self._load, self._probe_health, self._probe_readiness)]
+        self._threads = [
+            threading.Thread(target=target, daemon=True)
+            for target in (self._load, self._probe_health, self._probe_readiness)
+        ]
         for thread in self._threads:
             thread.start()
         return self
@@ -84,13 +93,23 @@ class Traffic:
 
     def _load(self) -> None:
         def factory(index: int):
-            return "GET", f"{self.url}/imagine", {"params": {"prompt": f"fault drill {index}", "width": 64,
-                                                             "height": 64}}
+            return (
+                "GET",
+                f"{self.url}/imagine",
+                {"params": {"prompt": f"fault drill {index}", "width": DRILL_SIZE[0], "height": DRILL_SIZE[1]}},
+            )
 
-        asyncio.run(loadgen.run_closed_loop(
-            factory, concurrency=CLIENTS, stop=self._stop.is_set, timeout_s=CLIENT_TIMEOUT_S,
-            backoff_on_503_s=0.5, backoff_on_error_s=0.5, on_sample=self.samples.append,
-        ))
+        asyncio.run(
+            loadgen.run_closed_loop(
+                factory,
+                concurrency=CLIENTS,
+                stop=self._stop.is_set,
+                timeout_s=CLIENT_TIMEOUT_S,
+                backoff_on_503_s=0.5,
+                backoff_on_error_s=0.5,
+                on_sample=self.samples.append,
+            )
+        )
 
     def _probe_health(self) -> None:
         with httpx.Client(timeout=10.0) as client:
@@ -111,8 +130,11 @@ class Traffic:
             self._stop.wait(1.0)
 
     def wait_warm(self) -> None:
-        wait_for(lambda: sum(1 for s in self.samples if s.status == 200) >= WARM_SUCCESSES, 120,
-                 "the load did not get steady answers before the fault")
+        wait_for(
+            lambda: sum(1 for s in self.samples if s.status == 200) >= WARM_SUCCESSES,
+            120,
+            "the load did not get steady answers before the fault",
+        )
 
 
 @dataclass
@@ -199,8 +221,9 @@ class WorkerWatch:
     def poll(self, cluster: FaultCluster) -> None:
         now = round(time.monotonic() - self.since, 1)
         for pod in cluster.workers:
-            record = self.exits.setdefault(pod.name, {"pod": pod.name, "raylet_exit_s": None, "container_exit_s": None,
-                                                      "reason": None})
+            record = self.exits.setdefault(
+                pod.name, {"pod": pod.name, "raylet_exit_s": None, "container_exit_s": None, "reason": None}
+            )
             raylet = self.raylets.get(pod.name)
             if record["raylet_exit_s"] is None and raylet is not None and not _running(raylet):
                 record["raylet_exit_s"] = now
@@ -209,8 +232,11 @@ class WorkerWatch:
                 record["reason"] = _raylet_exit_reason(pod)
 
     def summary(self) -> list[dict]:
-        return [record for record in self.exits.values() if record["raylet_exit_s"] is not None
-                or record["container_exit_s"] is not None]
+        return [
+            record
+            for record in self.exits.values()
+            if record["raylet_exit_s"] is not None or record["container_exit_s"] is not None
+        ]
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -220,8 +246,7 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def head_loss(cluster: FaultCluster, *, down_s: float, restore: bool = True,
-              recover_timeout_s: float = 300.0) -> Drill:
+def head_loss(cluster: FaultCluster, *, down_s: float, restore: bool = True, recover_timeout_s: float = 300.0) -> Drill:
     """Lose the head pod under load for ``down_s`` seconds, then start a new one; measure until served again.
 
     While the head is down nothing is restarted (a real head pod restart also takes a while). After
@@ -267,8 +292,11 @@ def head_loss(cluster: FaultCluster, *, down_s: float, restore: bool = True,
                 pass  # the new head's dashboard is not up yet
             time.sleep(0.5)
         if recovered_at is not None:
-            wait_for(lambda: http_get(f"{cluster.api_url(front)}/healthz")[0] == 200, 60,
-                     "the front proxy did not serve again")
+            wait_for(
+                lambda: http_get(f"{cluster.api_url(front)}/healthz")[0] == 200,
+                60,
+                "the front proxy did not serve again",
+            )
             time.sleep(STEADY_AFTER_S)
         until = time.monotonic()
     after_processes = cluster.replica_processes()
@@ -299,8 +327,9 @@ def head_loss(cluster: FaultCluster, *, down_s: float, restore: bool = True,
     return Drill(summary, samples, traffic.health, traffic.readiness, killed_at, recovered_at)
 
 
-def node_loss(cluster: FaultCluster, *, graceful: bool, grace_s: float = POD_GRACE_S,
-              recover_timeout_s: float = 180.0) -> Drill:
+def node_loss(
+    cluster: FaultCluster, *, graceful: bool, grace_s: float = POD_GRACE_S, recover_timeout_s: float = 180.0
+) -> Drill:
     """Lose a worker pod that holds a replica (not the one traffic enters through) under load.
 
     ``graceful=False``: every process of the pod SIGKILLed (instance terminated, kernel panic).

@@ -31,15 +31,15 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.fault_cluster import FaultCluster, chart_facts, embedded_model_env  # noqa: E402
-from bench.fault_scenarios import CHART_VALUES, head_loss, node_loss  # noqa: E402
+from bench.fault_cluster import FaultCluster  # noqa: E402
+from bench.fault_scenarios import CHART_VALUES, DRILL_SIZE, head_loss, node_loss  # noqa: E402
 from bench.redis_server import RedisMissing  # noqa: E402
 
 SCENARIOS = ("head_loss_redis", "head_loss_rocksdb", "head_loss_no_ft", "node_loss", "graceful_drain")
@@ -52,14 +52,6 @@ TABLE_DOCS = (REPO / "README.md", REPO / "docs" / "faults.md")
 TABLE_BEGIN, TABLE_END = "<!-- BEGIN faults-table (bench/faults.py --update-docs) -->", "<!-- END faults-table -->"
 
 
-def _cluster(facts: dict, **kwargs):
-    return FaultCluster.running(
-        serve_config=facts["serve_config"], worker_resources=facts["worker_resources"],
-        worker_cpus=facts["worker_cpus"], head_num_cpus=facts["head_num_cpus"], app_env=embedded_model_env(),
-        **kwargs,
-    )
-
-
 def _storage_evidence(cluster: FaultCluster) -> dict:
     """What shows the GCS really kept its tables outside the head pod."""
     if cluster.fault_tolerance == "redis":
@@ -67,21 +59,24 @@ def _storage_evidence(cluster: FaultCluster) -> dict:
     if cluster.fault_tolerance == "rocksdb":
         volume = cluster.workdir / "gcs-volume"
         files = [p for p in volume.rglob("*") if p.is_file()]
-        return {"gcs_storage": "rocksdb", "storage_files": len(files),
-                "storage_bytes": sum(p.stat().st_size for p in files),
-                "storage_entries": sorted(str(p.relative_to(volume)) for p in volume.iterdir())}
+        return {
+            "gcs_storage": "rocksdb",
+            "storage_files": len(files),
+            "storage_bytes": sum(p.stat().st_size for p in files),
+            "storage_entries": sorted(str(p.relative_to(volume)) for p in volume.iterdir()),
+        }
     return {"gcs_storage": "memory (head pod)"}
 
 
-def run_scenario(name: str, facts: dict, *, down_s: float) -> dict:
+def run_scenario(name: str, *, down_s: float) -> dict:
     began = time.monotonic()
     if name.startswith("head_loss_"):
         backend = {"head_loss_redis": "redis", "head_loss_rocksdb": "rocksdb", "head_loss_no_ft": None}[name]
-        with _cluster(facts, fault_tolerance=backend, workers=2) as cluster:
+        with FaultCluster.of_chart(CHART_VALUES, fault_tolerance=backend, workers=2) as cluster:
             drill = head_loss(cluster, down_s=down_s)
             result = {**drill.summary, **_storage_evidence(cluster)}
     else:
-        with _cluster(facts, workers=3) as cluster:
+        with FaultCluster.of_chart(CHART_VALUES, workers=3) as cluster:
             drill = node_loss(cluster, graceful=name == "graceful_drain")
             result = dict(drill.summary)
     result["scenario_wall_s"] = round(time.monotonic() - began, 1)
@@ -90,8 +85,10 @@ def run_scenario(name: str, facts: dict, *, down_s: float) -> dict:
 
 def markdown_table(results: dict) -> str:
     results = {name: result for name, result in results.items() if not name.startswith("_")}
-    lines = ["| scenario | " + " | ".join(TABLE_COLUMNS) + " | recovered_s | notes |",
-             "|---|" + "---|" * (len(TABLE_COLUMNS) + 2)]
+    lines = [
+        "| scenario | " + " | ".join(TABLE_COLUMNS) + " | recovered_s | notes |",
+        "|---|" + "---|" * (len(TABLE_COLUMNS) + 2),
+    ]
     for name, result in results.items():
         if not result.get("supported", True):
             dashes = " | ".join("—" for _ in TABLE_COLUMNS)
@@ -99,16 +96,20 @@ def markdown_table(results: dict) -> str:
             continue
         notes = []
         if "controller_back_s" in result:
-            notes.append(f"head down {result['head_down_s']} s; controller back {result['controller_back_s']} s "
-                         f"after the new head")
+            notes.append(
+                f"head down {result['head_down_s']} s; controller back {result['controller_back_s']} s "
+                f"after the new head"
+            )
         exits = [e["raylet_exit_s"] for e in result.get("worker_exits", []) if e["raylet_exit_s"] is not None]
         if exits:
             notes.append(f"every worker raylet exited ({', '.join(map(str, exits))} s after the loss)")
         if result.get("serveconfig_resubmits"):
             notes.append("serveConfigV2 re-submitted")
         if "victim_replicas" in result:
-            notes.append(f"{result['in_flight_at_fault_failed']} of {result['in_flight_at_fault']} requests in flight "
-                         "at the fault failed")
+            notes.append(
+                f"{result['in_flight_at_fault_failed']} of {result['in_flight_at_fault']} requests in flight "
+                "at the fault failed"
+            )
         if result.get("pod_stop_s"):
             notes.append(f"the pod's processes ended after {result['pod_stop_s']} s")
         cells = [str(result.get(column)) for column in TABLE_COLUMNS]
@@ -132,17 +133,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=SCENARIOS, action="append", help="run only this scenario (repeatable)")
     parser.add_argument("--down-s", type=float, default=DEFAULT_DOWN_S, help="how long the head pod stays lost")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "faults.json")
-    parser.add_argument("--update-docs", action="store_true",
-                        help=f"also make this run the reference: {REFERENCE.relative_to(REPO)} and the tables in "
-                             + ", ".join(str(p.relative_to(REPO)) for p in TABLE_DOCS))
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help=f"also make this run the reference: {REFERENCE.relative_to(REPO)} and the tables in "
+        + ", ".join(str(p.relative_to(REPO)) for p in TABLE_DOCS),
+    )
     args = parser.parse_args(argv)
 
-    facts = chart_facts(CHART_VALUES)
     results: dict = {}
     for name in args.only or SCENARIOS:
         print(f"--- {name}", flush=True)
         try:
-            results[name] = run_scenario(name, facts, down_s=args.down_s)
+            results[name] = run_scenario(name, down_s=args.down_s)
         except RedisMissing as error:
             results[name] = {"supported": False, "reason": str(error)}
         print(json.dumps(results[name], indent=1), flush=True)
@@ -150,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         **results,
         "_meta": {
             "command": " ".join(["bench/faults.py", *(argv if argv is not None else sys.argv[1:])]),
-            "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "ray": __import__("ray").__version__,
-            "model": "embedded random-weight SDXL pipeline on CPU (draws noise), 64x64, 4 steps",
+            "model": "embedded random-weight SDXL pipeline on CPU (draws noise), "
+            f"{DRILL_SIZE[0]}x{DRILL_SIZE[1]}, 4 steps",
             "down_s": args.down_s,
         },
     }

@@ -107,17 +107,29 @@ class SdxlSpec:
 FULL = SdxlSpec(
     block_out_channels=(320, 640, 1280),  # [unet]; [sgm] model_channels 320 x channel_mult [1, 2, 4]
     layers_per_block=2,  # [unet]; [sgm] num_res_blocks 2
-    transformer_layers_per_block=(1, 2, 10),  # [unet]; [sgm] transformer_depth; the first level has none ([paper] [0, 2, 10]: DownBlock2D)
+    transformer_layers_per_block=(
+        1,
+        2,
+        10,
+    ),  # [unet]; [sgm] transformer_depth; the first level has none ([paper] [0, 2, 10]: DownBlock2D)
     attention_head_dim=(5, 10, 20),  # [unet]; [sgm] num_head_channels 64: 320/64, 640/64, 1280/64
     norm_num_groups=32,  # [unet]
     addition_time_embed_dim=256,  # [unet]; [sgm] ConcatTimestepEmbedderND outdim 256
     text_encoder=TextEncoderSpec(  # CLIP ViT-L/14 text tower [te1] [paper]
-        hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        hidden_act="quick_gelu", projection_dim=768,
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        hidden_act="quick_gelu",
+        projection_dim=768,
     ),
     text_encoder_2=TextEncoderSpec(  # OpenCLIP ViT-bigG/14 text tower [te2] [paper]
-        hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-        hidden_act="gelu", projection_dim=1280,
+        hidden_size=1280,
+        intermediate_size=5120,
+        num_hidden_layers=32,
+        num_attention_heads=20,
+        hidden_act="gelu",
+        projection_dim=1280,
     ),
     vae_block_out_channels=(128, 256, 512, 512),  # [vae]; [sgm] ch 128 x ch_mult [1, 2, 4, 4]
     vae_layers_per_block=2,  # [vae]; [sgm] num_res_blocks 2
@@ -135,10 +147,22 @@ TINY = replace(
     attention_head_dim=(1, 2, 4),
     norm_num_groups=8,
     addition_time_embed_dim=8,
-    text_encoder=replace(FULL.text_encoder, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, projection_dim=32),
-    text_encoder_2=replace(FULL.text_encoder_2, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, projection_dim=64),
+    text_encoder=replace(
+        FULL.text_encoder,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        projection_dim=32,
+    ),
+    text_encoder_2=replace(
+        FULL.text_encoder_2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=64,
+    ),
     vae_block_out_channels=(16, 32, 32, 32),
     vae_layers_per_block=1,
     vae_norm_num_groups=8,
@@ -251,7 +275,9 @@ def embedded_tokenizer():
     return CLIPTokenizer.from_pretrained(Path(ensure_embedded_model()) / "tokenizer")
 
 
-def build_components(spec: SdxlSpec, *, device="cpu", dtype=None, vae_force_upcast: bool = True, tokenizer=None) -> dict:
+def build_components(
+    spec: SdxlSpec, *, device="cpu", dtype=None, vae_force_upcast: bool = True, tokenizer=None
+) -> dict:
     """UNet, both text encoders and the VAE, created on ``device`` (``"meta"``: shapes only)."""
     import torch
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
@@ -271,16 +297,18 @@ def build_components(spec: SdxlSpec, *, device="cpu", dtype=None, vae_force_upca
     return components
 
 
-def build_pipeline(spec: SdxlSpec = FULL, *, device="cpu", dtype=None, seed: int = 0, vae_force_upcast: bool = True,
-                   tokenizer=None):
+def build_pipeline(
+    spec: SdxlSpec = FULL, *, device="cpu", dtype=None, seed: int = 0, vae_force_upcast: bool = True, tokenizer=None
+):
     """A ``StableDiffusionXLPipeline`` of ``spec``'s size with seeded random weights on ``device``."""
     import torch
     from diffusers import StableDiffusionXLPipeline
 
     tokenizer = tokenizer if tokenizer is not None else embedded_tokenizer()
     torch.manual_seed(seed)
-    components = build_components(spec, device=device, dtype=dtype, vae_force_upcast=vae_force_upcast,
-                                  tokenizer=tokenizer)
+    components = build_components(
+        spec, device=device, dtype=dtype, vae_force_upcast=vae_force_upcast, tokenizer=tokenizer
+    )
     return StableDiffusionXLPipeline(
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,

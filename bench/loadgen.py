@@ -12,8 +12,8 @@ import asyncio
 import math
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import httpx
 
@@ -164,7 +164,11 @@ def run_sync(make_request: RequestFactory, **kwargs) -> RunResult:
 
 
 async def run_in_rotation(
-    factories: dict[str, RequestFactory], *, rounds: int, timeout_s: float = 120.0, between: Callable[[], None] | None = None
+    factories: dict[str, RequestFactory],
+    *,
+    rounds: int,
+    timeout_s: float = 120.0,
+    between: Callable[[], None] | None = None,
 ) -> dict[str, RunResult]:
     """One request at a time, to each target in turn (``rounds`` times); ``between`` runs after each round.
 

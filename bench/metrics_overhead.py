@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import statistics
 import sys
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,12 +99,9 @@ def measure(scenario: Scenario, rounds: int, requests: int) -> dict:
     from ray.serve.schema import ServeDeploySchema
 
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    actor = scenario.actor_options
-    custom = {name: 2 * scenario.replicas * float(amount) for name, amount in (actor.get("resources") or {}).items()}
-    needed_cpus = 2 * scenario.replicas * float(actor.get("num_cpus", 1) or 0)
     metrics_port = free_port()
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 2, math.ceil(needed_cpus)), resources=custom or None,
-             include_dashboard=False, log_to_driver=False, configure_logging=False, _metrics_export_port=metrics_port)
+    # Two copies: metrics on and metrics off, side by side.
+    ray.init(**scenario.ray_init_options(copies=2), _metrics_export_port=metrics_port)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     runs: dict[str, list[dict]] = {design: [] for design in DESIGNS}
@@ -124,8 +120,11 @@ def measure(scenario: Scenario, rounds: int, requests: int) -> dict:
                 sent[design] += sum(s.status == 200 for s in warm.samples + run.samples)
                 summary = loadgen.summarise(run)
                 runs[design].append(summary)
-                print(f"round {round_index + 1} {design:<11} {summary['throughput_rps']:.2f} img/s  "
-                      f"p50 {summary['p50_s']:.3f} s  statuses {summary['statuses']}", flush=True)
+                print(
+                    f"round {round_index + 1} {design:<11} {summary['throughput_rps']:.2f} img/s  "
+                    f"p50 {summary['p50_s']:.3f} s  statuses {summary['statuses']}",
+                    flush=True,
+                )
         cost = recording_cost_us()
         # Ray reports every 10 s by default: wait until the "on" side's count is complete.
         deadline = time.monotonic() + 60
@@ -143,7 +142,7 @@ def measure(scenario: Scenario, rounds: int, requests: int) -> dict:
 
 def report(result: dict, meta: dict) -> str:
     on, off = result["runs"]["metrics-on"], result["runs"]["metrics-off"]
-    ratios = [a["throughput_rps"] / b["throughput_rps"] for a, b in zip(on, off)]
+    ratios = [a["throughput_rps"] / b["throughput_rps"] for a, b in zip(on, off, strict=True)]
     pooled_on = statistics.fmean(r["throughput_rps"] for r in on)
     pooled_off = statistics.fmean(r["throughput_rps"] for r in off)
     lines = [
@@ -158,13 +157,16 @@ def report(result: dict, meta: dict) -> str:
         "| round | metrics on img/s | metrics off img/s | on / off | p50 on s | p50 off s |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
-    for index, (a, b, ratio) in enumerate(zip(on, off, ratios), start=1):
-        lines.append(f"| {index} | {a['throughput_rps']:.2f} | {b['throughput_rps']:.2f} | {ratio:.3f} | "
-                     f"{a['p50_s']:.3f} | {b['p50_s']:.3f} |")
+    for index, (a, b, ratio) in enumerate(zip(on, off, ratios, strict=True), start=1):
+        lines.append(
+            f"| {index} | {a['throughput_rps']:.2f} | {b['throughput_rps']:.2f} | {ratio:.3f} | "
+            f"{a['p50_s']:.3f} | {b['p50_s']:.3f} |"
+        )
     lines += [
         f"| mean | {pooled_on:.2f} | {pooled_off:.2f} | {pooled_on / pooled_off:.3f} | | |",
         "",
-        f"Median of the round ratios: **{statistics.median(ratios):.3f}** (min {min(ratios):.3f}, max {max(ratios):.3f}). "
+        f"Median of the round ratios: **{statistics.median(ratios):.3f}** "
+        f"(min {min(ratios):.3f}, max {max(ratios):.3f}). "
         f"Images the `on` side answered: {result['sent_ok']['metrics-on']}; its ray_sdxl_images_total: "
         f"{result['recorded_images'].get('metrics-on', 0):.0f}; the `off` side's: "
         f"{result['recorded_images'].get('metrics-off', 0):.0f}.",
@@ -186,14 +188,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds (default 6, quick 2)")
     parser.add_argument("--requests", type=int, help="requests per side per round (default 160, quick 64)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="also make this run the committed one: docs/bench/metrics_overhead.{json,md} and its copy in "
+        "docs/performance.md",
+    )
     options = parser.parse_args(argv)
+    if options.update_docs and options.quick:
+        parser.error("--update-docs publishes only a full run (no --quick)")
+    if options.update_docs:
+        from bench import docs_copy
+
+        docs_copy.require_markers(REPO / "docs" / "performance.md", "metrics_overhead")
     rounds = options.rounds or (2 if options.quick else 6)
     requests = options.requests or (64 if options.quick else 160)
     scenario = Scenario.from_values(str(LOCAL_SCENARIO))
-    meta = {"mode": "quick" if options.quick else "full", "rounds": rounds, "requests": requests,
-            "utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "command": " ".join(["python", "bench/metrics_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
-            "machine": machine_facts(), "load_start": load_average(), "source": scenario.source}
+    meta = {
+        "mode": "quick" if options.quick else "full",
+        "rounds": rounds,
+        "requests": requests,
+        "utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": " ".join(["python", "bench/metrics_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine_facts(),
+        "load_start": load_average(),
+        "source": scenario.source,
+    }
     print(f"deploying {scenario.source} twice (metrics on, metrics off) ...", flush=True)
     result = measure(scenario, rounds, requests)
     meta["load_end"] = load_average()
@@ -205,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     stem.with_suffix(".md").write_text(markdown + "\n")
     print()
     print(markdown)
+    if options.update_docs:
+        from bench import docs_copy
+
+        page = REPO / "docs" / "performance.md"
+        published = docs_copy.publish("metrics_overhead", {"meta": meta, **result}, markdown, page, top=4)
+        print("updated " + ", ".join(str(path.relative_to(REPO)) for path in published))
     return 0
 
 

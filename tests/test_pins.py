@@ -6,7 +6,6 @@ import re
 import tomllib
 from pathlib import Path
 
-
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "image" / "Dockerfile"
 CHART = REPO / "chart"

@@ -7,7 +7,8 @@ the chart's tests) without the model stack.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 from app.config import EMBEDDED_MODEL, AppArgs
 

@@ -6,7 +6,7 @@ already loaded modules with ``from_pipe`` (no second copy of any weight), so one
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline, StableDiffusionXLPipeline
@@ -28,9 +28,13 @@ class DiffusersBackend:
         self.device = "cuda" if args.backend == "cuda" else "cpu"
         dtype = torch.float16 if self.device == "cuda" else torch.float32
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("backend 'cuda' needs a GPU: set ray_actor_options.num_gpus to 1 and schedule on a GPU node")
+            raise RuntimeError(
+                "backend 'cuda' needs a GPU: set ray_actor_options.num_gpus to 1 and schedule on a GPU node"
+            )
         if pipeline is None:
-            pipeline = StableDiffusionXLPipeline.from_pretrained(source, revision=args.model_revision, torch_dtype=dtype)
+            pipeline = StableDiffusionXLPipeline.from_pretrained(
+                source, revision=args.model_revision, torch_dtype=dtype
+            )
         if args.vae_model_id:
             pipeline.vae = load_vae(args.vae_model_id, dtype)
         self.pipeline = pipeline.to(self.device, dtype)

@@ -9,7 +9,7 @@ option here: diffusers uses it by default with torch 2.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def apply_optimizations(pipeline, names: Iterable[str]) -> None:

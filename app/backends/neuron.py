@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from app.backends.pipeline_call import call_pipeline
 from app.config import AppArgs
@@ -187,11 +187,16 @@ class NeuronBackend:
     def _refuse_a_newer_compiler(self, args: AppArgs) -> None:
         installed = installed_compiler_version()
         if not self.compiler_version:
-            logger.warning("%s records no compiler_version; cannot check it against neuronx-cc %s",
-                           args.model_id, installed)
+            logger.warning(
+                "%s records no compiler_version; cannot check it against neuronx-cc %s", args.model_id, installed
+            )
             return
         if release(self.compiler_version) > release(installed):
-            pinned = f"model_revision {args.model_revision!r}" if args.model_revision else "the default branch (no model_revision)"
+            pinned = (
+                f"model_revision {args.model_revision!r}"
+                if args.model_revision
+                else "the default branch (no model_revision)"
+            )
             raise ValueError(
                 f"{args.model_id} at {pinned} was compiled by neuronx-cc {self.compiler_version}, newer than this "
                 f"image's {installed}: set model_revision to the commit exported for this image's Neuron SDK, or "

@@ -6,7 +6,7 @@ diffusers' and take the same call.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

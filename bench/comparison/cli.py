@@ -8,23 +8,40 @@ import json
 import os
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import docs_copy
 from bench.comparison.config import REPO, Plan, Scenario
 from bench.comparison.measure import BarePipeline, encode_figures, load_average, machine_facts, measure_designs
 from bench.comparison.report import plot, render_markdown
 from bench.comparison.results import Report
 
+#: The page that shows the committed run (docs_copy markers "compare"), and its heading level there.
+PAGE, PAGE_HEADING_LEVEL = REPO / "docs" / "performance.md", 3
+
 
 def parse_cli(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/compare.py", description="Seed design vs our app, side by side.")
     parser.add_argument("--quick", action="store_true", help="fewer requests per level (~1-2 minutes)")
-    parser.add_argument("--values", help="chart values file of the scenario to deploy (default chart/ci/cpu-local-values.yaml)")
+    parser.add_argument(
+        "--values", help="chart values file of the scenario to deploy (default chart/ci/cpu-local-values.yaml)"
+    )
     parser.add_argument("--levels", default="1,4,16", help="concurrency levels (default 1,4,16)")
     parser.add_argument("--rounds", type=int, help="repeat the whole ladder N times (default 1 quick, 3 full)")
     parser.add_argument("--out", default=str(REPO / "bench" / "results"))
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--update-docs",
+        action="store_true",
+        help="also make this run the committed one: docs/bench/compare.{json,md} "
+        f"and its copy in {PAGE.relative_to(REPO)}",
+    )
+    options = parser.parse_args(argv)
+    if options.update_docs and (options.quick or options.values or options.levels != "1,4,16" or options.rounds):
+        parser.error("--update-docs publishes only the full run of the chart's local scenario (no other options)")
+    if options.update_docs:
+        docs_copy.require_markers(PAGE, "compare")
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     encoding = encode_figures(args, plan.encode_repeats)
     report = Report(
         mode=plan.mode,
-        utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        utc=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         command=" ".join([Path(sys.executable).name, "bench/compare.py", *(sys.argv[1:] if argv is None else argv)]),
         machine=machine_facts(),
         load_average={"start": started_load},
@@ -89,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     report.derive()
 
     data = report.to_json()
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     markdown = render_markdown(data)
     paths = {ext: out_dir / f"compare-{stamp}.{ext}" for ext in ("json", "md", "png")}
     paths["json"].write_text(json.dumps(data, indent=2, default=str))
@@ -99,5 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.copyfile(path, out_dir / f"latest.{ext}")
     print()
     print(markdown)
-    print(f"wrote {', '.join(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p) for p in paths.values())} (+ latest.*)")
+    written = ", ".join(str(p.relative_to(REPO) if p.is_relative_to(REPO) else p) for p in paths.values())
+    print(f"wrote {written} (+ latest.*)")
+    if options.update_docs:
+        published = docs_copy.publish("compare", data, markdown, PAGE, PAGE_HEADING_LEVEL)
+        print("updated " + ", ".join(str(path.relative_to(REPO)) for path in published))
     return 0

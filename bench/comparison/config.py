@@ -39,22 +39,17 @@ class ScenarioError(SystemExit):
 
 def application_from_chart(values_file: Path) -> dict:
     """Render the chart with ``values_file`` and return our app's serveConfigV2 application entry."""
-    import helm_python
     import yaml
 
-    values = helm_python.values_from_yaml(values_file.read_text())
-    with helm_python.Chart.load(str(REPO / "chart")) as chart:
-        manifests = chart.render(values=values, name="sdxl", namespace="default", is_install=True)
-    for template, text in manifests.items():
-        if not template.endswith((".yaml", ".yml")):
-            continue  # NOTES.txt and helpers are not manifests
-        for doc in yaml.safe_load_all(text):
-            if not doc or doc.get("kind") != "RayService":
-                continue
-            serve_config = yaml.safe_load(doc["spec"]["serveConfigV2"])
-            for application in serve_config.get("applications", []):
-                if application.get("import_path") == "app.main:build_app":
-                    return application
+    from bench import chart_render
+
+    _, objects = chart_render.render_manifests(yaml.safe_load(values_file.read_text()) or {})
+    for doc in objects:
+        if doc.get("kind") != "RayService":
+            continue
+        for application in chart_render.serve_config(doc).get("applications", []):
+            if application.get("import_path") == "app.main:build_app":
+                return application
     raise ScenarioError(f"the chart rendered with {values_file} has no application with import_path app.main:build_app")
 
 
@@ -73,11 +68,13 @@ class Scenario:
         if not values_file.is_file():
             raise ScenarioError(f"--values {values_file}: no such file")
         shown = values_file.relative_to(REPO) if values_file.is_relative_to(REPO) else values_file
+        import helm_python
+        import yaml
+
         try:
             application = application_from_chart(values_file)
-        except ScenarioError:
-            raise
-        except Exception as error:  # Helm's schema or a validate.yaml rule refused the values
+        except (helm_python.HelmValuesError, helm_python.HelmRenderError, yaml.YAMLError) as error:
+            # Helm's schema or a validate.yaml rule refused the values, or the file is not YAML.
             raise ScenarioError(f"the chart does not render with {shown}: {type(error).__name__}: {error}") from None
         application = dict(application)
         application["name"] = application.get("name") or "sdxl"
@@ -111,6 +108,29 @@ class Scenario:
             replicas = (self.deployment_options.get("autoscaling_config") or {}).get("min_replicas", 1) or 1
         return replicas
 
+    def ray_init_options(self, copies: int) -> dict:
+        """``ray.init`` options for a private session that holds ``copies`` deployments of this scenario.
+
+        Enough CPUs for every copy's replicas (at least the machine's), and the custom resources their
+        replicas ask for (a scenario may request ``neuron_cores`` to model a node's capacity).
+        """
+        import math
+        import os
+
+        actor = self.actor_options
+        needed_cpus = copies * self.replicas * float(actor.get("num_cpus", 1) or 0)
+        custom = {
+            name: copies * self.replicas * float(amount) for name, amount in (actor.get("resources") or {}).items()
+        }
+        return {
+            "address": "local",
+            "num_cpus": max(os.cpu_count() or 2, math.ceil(needed_cpus)),
+            "resources": custom or None,
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "configure_logging": False,
+        }
+
     @property
     def threads(self) -> int:
         """torch threads of one replica (its CPU reservation): the bare pipeline runs with as many."""
@@ -124,8 +144,14 @@ class Scenario:
             "name": "seed",
             "import_path": "bench.seed_design:build_seed",
             "route_prefix": SEED_ROUTE,
-            "args": {"model_id": args.model_id, "backend": args.backend, "steps": args.default_steps,
-                     "guidance_scale": args.default_guidance_scale, "width": width, "height": height},
+            "args": {
+                "model_id": args.model_id,
+                "backend": args.backend,
+                "steps": args.default_steps,
+                "guidance_scale": args.default_guidance_scale,
+                "width": width,
+                "height": height,
+            },
             "deployments": [
                 {"name": "SeedModel", "num_replicas": self.replicas, "ray_actor_options": self.actor_options},
                 # Only the model replicas hold logical CPUs, as our app's single deployment does.
@@ -152,7 +178,9 @@ class Plan:
 
     @classmethod
     def create(cls, *, quick: bool, levels: str, rounds: int | None) -> Plan:
-        return cls("quick" if quick else "full", tuple(int(x) for x in levels.split(",")), rounds or (1 if quick else 3))
+        return cls(
+            "quick" if quick else "full", tuple(int(x) for x in levels.split(",")), rounds or (1 if quick else 3)
+        )
 
     def requests_at(self, level: int) -> int:
         per_level = {1: 12, 4: 24, 16: 48} if self.mode == "quick" else {1: 30, 4: 60, 16: 128}

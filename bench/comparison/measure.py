@@ -75,8 +75,12 @@ class BarePipeline:
         self.threads = threads
         self.pipe = load_pipeline(args.model_id, args.backend)
         width, height = args.default_size
-        self.call = {"num_inference_steps": args.default_steps, "guidance_scale": args.default_guidance_scale,
-                     "width": width, "height": height}
+        self.call = {
+            "num_inference_steps": args.default_steps,
+            "guidance_scale": args.default_guidance_scale,
+            "width": width,
+            "height": height,
+        }
         self.pipe(PROMPTS[0], **self.call)  # first call allocates; not counted
 
     def timed(self, prompts: list[str]) -> float:
@@ -95,8 +99,14 @@ class BarePipeline:
             single.append(self.timed([PROMPTS[i % len(PROMPTS)]]))
             batched.append(self.timed([PROMPTS[(i + j) % len(PROMPTS)] for j in range(probe)]))
         t1, tb = statistics.median(single), statistics.median(batched)
-        batching = Batching(batch_size_in_use=batch_size, probe_batch=probe, images_per_s_batch1=1.0 / t1,
-                            images_per_s_batch=probe / tb, efficiency=(probe / tb) / (1.0 / t1), batch_call_p50_s=tb)
+        batching = Batching(
+            batch_size_in_use=batch_size,
+            probe_batch=probe,
+            images_per_s_batch1=1.0 / t1,
+            images_per_s_batch=probe / tb,
+            efficiency=(probe / tb) / (1.0 / t1),
+            batch_call_p50_s=tb,
+        )
         return Bare(threads=self.threads, call=self.call, bare_p50_s=t1, bare_min_s=min(single), batching=batching)
 
 
@@ -187,8 +197,10 @@ class Measurements:
         return summary
 
     def pooled(self) -> dict:
-        return {d: {c: Summary.of(loadgen.RunResult(int(c), self.samples[d][c], self.walls[d][c])) for c in self.samples[d]}
-                for d in DESIGNS}
+        return {
+            d: {c: Summary.of(loadgen.RunResult(int(c), self.samples[d][c], self.walls[d][c])) for c in self.samples[d]}
+            for d in DESIGNS
+        }
 
 
 def _fmt(value, digits=3) -> str:
@@ -205,13 +217,7 @@ def measure_designs(scenario: Scenario, plan: Plan, bare: BarePipeline, headers:
 
     # Workers (and the Serve controller, which imports both app builders) inherit this environment.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    actor_options, replicas = scenario.actor_options, scenario.replicas
-    needed_cpus = len(DESIGNS) * replicas * float(actor_options.get("num_cpus", 1) or 0)
-    # Custom resources the scenario asks for (its replicas may request neuron_cores to model a node's
-    # capacity): provide enough for every design's replicas.
-    custom = {name: len(DESIGNS) * replicas * float(amount) for name, amount in (actor_options.get("resources") or {}).items()}
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 2, math.ceil(needed_cpus)), resources=custom or None,
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(**scenario.ray_init_options(copies=len(DESIGNS)))
     measured = Measurements(plan.levels)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -234,10 +240,18 @@ def measure_designs(scenario: Scenario, plan: Plan, bare: BarePipeline, headers:
                     # Concurrency 1 is measured request by request in rotation (seed, ours, nowait, bare,
                     # seed, ...): one request in flight at a time, and every design sees the same
                     # background load, which on a shared machine drifts faster than a block of runs.
-                    factories = {design: make_requests(base, routes[design], design_headers[design]) for design in order}
+                    factories = {
+                        design: make_requests(base, routes[design], design_headers[design]) for design in order
+                    }
                     asyncio.run(loadgen.run_in_rotation(factories, rounds=2, timeout_s=300))  # warm-up
-                    runs = asyncio.run(loadgen.run_in_rotation(
-                        factories, rounds=count, timeout_s=300, between=lambda: measured.bare_runs.extend(bare.time_single(1))))
+                    runs = asyncio.run(
+                        loadgen.run_in_rotation(
+                            factories,
+                            rounds=count,
+                            timeout_s=300,
+                            between=lambda: measured.bare_runs.extend(bare.time_single(1)),
+                        )
+                    )
                 else:
                     runs = {}
                     for design in order:
@@ -246,8 +260,12 @@ def measure_designs(scenario: Scenario, plan: Plan, bare: BarePipeline, headers:
                         runs[design] = loadgen.run_sync(factory, concurrency=level, total_requests=count, timeout_s=300)
                 for design in order:
                     s = measured.add(design, level, runs[design])
-                    print(f"round {round_index + 1} c={level:<3} {design:<11} p50 {_fmt(s.p50_s)} s  p99 {_fmt(s.p99_s)} s  "
-                          f"{_fmt(s.throughput_rps, 2)} img/s  statuses {s.statuses}", flush=True)
+                    print(
+                        f"round {round_index + 1} c={level:<3} {design:<11} "
+                        f"p50 {_fmt(s.p50_s)} s  p99 {_fmt(s.p99_s)} s  "
+                        f"{_fmt(s.throughput_rps, 2)} img/s  statuses {s.statuses}",
+                        flush=True,
+                    )
         measured.replica_rss_mib = replica_rss_mib()
     finally:
         try:

@@ -21,24 +21,28 @@ def _span(values: list[float]) -> str:
 
 
 def render_markdown(report: dict) -> str:
+    machine = report["machine"]
+    workload = report["workload"]
     lines = [
         f"# Seed design vs our app ({report['mode']} run, {report['utc']})",
         "",
         f"- Command: `{report['command']}`",
-        f"- Machine: {report['machine']['cpu_model'] or 'unknown CPU'}, {report['machine']['logical_cpus']} logical CPUs, "
-        f"{report['machine']['memory_gib']} GiB; {report['machine']['platform']}; Python {report['machine']['python']}",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in report["machine"]["versions"].items() if v),
-        f"- Load average (1/5/15 min) at start {report['load_average']['start']}, at end {report['load_average']['end']}"
+        f"- Machine: {machine['cpu_model'] or 'unknown CPU'}, {machine['logical_cpus']} logical CPUs, "
+        f"{machine['memory_gib']} GiB; {machine['platform']}; Python {machine['python']}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items() if v),
+        f"- Load average (1/5/15 min) at start {report['load_average']['start']}, "
+        f"at end {report['load_average']['end']}"
         " — anything well above 0 means other work shared the CPUs and the numbers are noisy.",
         f"- Our app: {report['our_config_source']}",
-        f"- Workload (both designs): model `{report['workload']['model_id']}` ({report['workload']['backend']}), "
-        f"{report['workload']['steps']} steps, guidance {report['workload']['guidance_scale']}, {report['workload']['size']}, "
-        f"{len(PROMPTS)} prompts cycled; {report['workload']['replicas']} model replica(s) each with "
-        f"`ray_actor_options` {json.dumps(report['workload']['ray_actor_options'])}; our batch_size {report['workload']['batch_size']}.",
+        f"- Workload (both designs): model `{workload['model_id']}` ({workload['backend']}), "
+        f"{workload['steps']} steps, guidance {workload['guidance_scale']}, {workload['size']}, "
+        f"{len(PROMPTS)} prompts cycled; {workload['replicas']} model replica(s) each with "
+        f"`ray_actor_options` {json.dumps(workload['ray_actor_options'])}; our batch_size {workload['batch_size']}.",
         "",
         "## Latency and throughput (closed loop, HTTP through the Serve proxy)",
         "",
-        "| concurrency | design | requests (200) | p50 s | p99 s | throughput img/s | batch (service) | other statuses |",
+        "| concurrency | design | requests (200) | p50 s | p99 s | throughput img/s | "
+        "batch (service) | other statuses |",
         "|---:|---|---:|---:|---:|---:|---:|---|",
     ]
     for level in report["levels"]:
@@ -47,7 +51,8 @@ def render_markdown(report: dict) -> str:
             other = {k: v for k, v in r["statuses"].items() if k != "200"}
             lines.append(
                 f"| {level} | {design} | {r['ok']}/{r['requests']} | {fmt(r['p50_s'])} | {fmt(r['p99_s'])} | "
-                f"{fmt(r['throughput_rps'], 2)} | {fmt(r.get('mean_batch_size'), 2)} | {json.dumps(other) if other else '-'} |"
+                f"{fmt(r['throughput_rps'], 2)} | {fmt(r.get('mean_batch_size'), 2)} | "
+                f"{json.dumps(other) if other else '-'} |"
             )
     g = report["goals"]
     lines += [
@@ -68,24 +73,32 @@ def render_markdown(report: dict) -> str:
         "| goal | target | pooled | median of rounds | rounds (min..max) | met |",
         "|---|---:|---:|---:|---:|---|",
         f"| p50 at concurrency 1, ours / seed | ≤ {GOAL_P50_RATIO} | {fmt(g['p50_ratio_c1'])} | "
-        f"{fmt(g['p50_ratio_c1_median'])} | {_span(report['round_ratios']['ours']['p50_c1'])} | {'yes' if g['p50_met'] else 'NO'} |",
-        f"| throughput at concurrency 16, ours / seed | ≥ {GOAL_THROUGHPUT_RATIO} | {fmt(g['throughput_ratio_c16'], 2)} | "
+        f"{fmt(g['p50_ratio_c1_median'])} | {_span(report['round_ratios']['ours']['p50_c1'])} | "
+        f"{'yes' if g['p50_met'] else 'NO'} |",
+        f"| throughput at concurrency 16, ours / seed | ≥ {GOAL_THROUGHPUT_RATIO} | "
+        f"{fmt(g['throughput_ratio_c16'], 2)} | "
         f"{fmt(g['throughput_ratio_c16_median'], 2)} | {_span(report['round_ratios']['ours']['throughput_c16'])} | "
         f"{'yes' if g['throughput_met'] else 'NO'} |",
         "",
         f"For reference, `ours-nowait` / seed: p50 at 1 = {fmt(report['nowait_vs_seed']['p50_ratio_c1'])}, "
         f"throughput at 16 = {fmt(report['nowait_vs_seed']['throughput_ratio_c16'], 2)}. "
         "The same ratios round by round (each round measures all designs back to back): "
-        + "; ".join(f"`{d}` p50@1 {r['p50_c1']}, throughput@16 {r['throughput_c16']}" for d, r in report["round_ratios"].items())
+        + "; ".join(
+            f"`{d}` p50@1 {r['p50_c1']}, throughput@16 {r['throughput_c16']}" for d, r in report["round_ratios"].items()
+        )
         + ".",
         "",
         "## Per-request overhead over a bare in-process pipeline call",
         "",
         f"Bare pipeline call in this process ({report['bare']['threads']} torch thread(s), same call, "
-        + ("timed in rotation with the concurrency-1 requests" if report["bare"]["bare_source"] == "rotation" else
-           "timed before the services started, because no concurrency-1 level ran")
+        + (
+            "timed in rotation with the concurrency-1 requests"
+            if report["bare"]["bare_source"] == "rotation"
+            else "timed before the services started, because no concurrency-1 level ran"
+        )
         + f"): p50 {fmt(report['bare']['bare_p50_s'])} s. The service's figures include "
-        "HTTP, the Serve proxy and router, and PNG encoding; a negative overhead means background load moved between samples.",
+        "HTTP, the Serve proxy and router, and PNG encoding; "
+        "a negative overhead means background load moved between samples.",
         "",
         "| design | p50 at concurrency 1, s | overhead, s | overhead, % of bare |",
         "|---|---:|---:|---:|",
@@ -94,6 +107,7 @@ def render_markdown(report: dict) -> str:
         o = report["overhead"][design]
         lines.append(f"| {design} | {fmt(o['p50_c1_s'])} | {fmt(o['overhead_s'])} | {fmt(o['overhead_pct'], 1)} |")
     b = report["bare"]["batching"]
+    probe_note = " (in use)" if b["batch_size_in_use"] == b["probe_batch"] else " (probe; batching off)"
     lines += [
         "",
         "## Batching efficiency (in-process pipeline calls)",
@@ -101,8 +115,7 @@ def render_markdown(report: dict) -> str:
         "| batch | images/s | vs batch 1 |",
         "|---:|---:|---:|",
         f"| 1 | {fmt(b['images_per_s_batch1'], 2)} | 1.00 |",
-        f"| {b['probe_batch']}{' (in use)' if b['batch_size_in_use'] == b['probe_batch'] else ' (probe; batching off)'} | "
-        f"{fmt(b['images_per_s_batch'], 2)} | {fmt(b['efficiency'], 2)} |",
+        f"| {b['probe_batch']}{probe_note} | {fmt(b['images_per_s_batch'], 2)} | {fmt(b['efficiency'], 2)} |",
         "",
         "## Encoding one 1024×1024 image (app.encoding.encode_image, median)",
         "",

@@ -121,7 +121,11 @@ class Report:
 
     def _round_ratios(self, design: str, level: str, key: str) -> list[float]:
         ours_rounds, seed_rounds = self.per_round[design].get(level, []), self.per_round["seed"].get(level, [])
-        return [round(getattr(o, key) / getattr(s, key), 3) for o, s in zip(ours_rounds, seed_rounds) if getattr(s, key)]
+        return [
+            round(getattr(o, key) / getattr(s, key), 3)
+            for o, s in zip(ours_rounds, seed_rounds, strict=True)
+            if getattr(s, key)
+        ]
 
     def derive(self) -> None:
         """Overheads, design ratios and the goals, from ``results`` and ``per_round``."""
@@ -134,8 +138,10 @@ class Report:
             "throughput_ratio_c16": self._ratio("ours-nowait", 16, "throughput_rps"),
         }
         self.round_ratios = {
-            design: {"p50_c1": self._round_ratios(design, "1", "p50_s"),
-                     "throughput_c16": self._round_ratios(design, "16", "throughput_rps")}
+            design: {
+                "p50_c1": self._round_ratios(design, "1", "p50_s"),
+                "throughput_c16": self._round_ratios(design, "16", "throughput_rps"),
+            }
             for design in DESIGNS[1:]
         }
         p50_ratio, tp_ratio = self._ratio("ours", 1, "p50_s"), self._ratio("ours", 16, "throughput_rps")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.jobs import ImageJob
 from app.batching import batch_wait_s, partition_compatible, plan_pipeline_calls
+from app.jobs import ImageJob
 
 
 def job(seed, steps=4, size=128, guidance=5.0, negative=None):
@@ -54,8 +54,14 @@ def test_a_fixed_batch_is_padded_by_repeating_the_last_job():
 
 
 jobs_strategy = st.lists(
-    st.builds(job, st.integers(0, 99), st.sampled_from([4, 8]), st.sampled_from([64, 128]),
-              st.sampled_from([1.0, 5.0]), st.sampled_from([None, "x"])),
+    st.builds(
+        job,
+        st.integers(0, 99),
+        st.sampled_from([4, 8]),
+        st.sampled_from([64, 128]),
+        st.sampled_from([1.0, 5.0]),
+        st.sampled_from([None, "x"]),
+    ),
     max_size=20,
 )
 
@@ -87,8 +93,9 @@ def test_a_batch_waits_until_the_running_call_is_expected_to_end():
 
 def test_a_batch_also_waits_for_the_calls_queued_ahead_of_it():
     # A call of 4 has 0.05 s left; 5 more images wait: one full call (0.3 s) and one of 1 (0.1 s).
-    assert wait(images_in_flight=9, images_in_call=4, call_elapsed_s=0.25, call_seconds={1: 0.1, 4: 0.3},
-                cap_s=2.0) == pytest.approx(0.45)
+    assert wait(
+        images_in_flight=9, images_in_call=4, call_elapsed_s=0.25, call_seconds={1: 0.1, 4: 0.3}, cap_s=2.0
+    ) == pytest.approx(0.45)
 
 
 def test_the_wait_never_exceeds_the_cap_nor_goes_negative():
@@ -105,4 +112,6 @@ def test_between_calls_a_batch_waits_for_the_batch_queued_to_run_next():
 
 
 def test_an_untimed_call_size_is_estimated_from_the_nearest_timed_one():
-    assert wait(images_in_flight=3, images_in_call=3, call_elapsed_s=0.0, call_seconds={1: 0.1, 4: 0.4}) == pytest.approx(0.4)
+    assert wait(
+        images_in_flight=3, images_in_call=3, call_elapsed_s=0.0, call_seconds={1: 0.1, 4: 0.4}
+    ) == pytest.approx(0.4)

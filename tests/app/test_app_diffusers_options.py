@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from app.jobs import ImageJob
 from app.config import InvalidAppArgs, parse_app_args
+from app.jobs import ImageJob
 from bench.full_size_sdxl import TINY, build_pipeline, build_vae
 from tests.support.serve_cluster import embedded_model_dir
 
@@ -23,24 +23,34 @@ def cpu_args(**overrides):
 
 
 def one_image(backend):
-    job = ImageJob(prompt="a lighthouse", negative_prompt=None, seed=1, steps=2, guidance_scale=5.0, width=64, height=64)
+    job = ImageJob(
+        prompt="a lighthouse", negative_prompt=None, seed=1, steps=2, guidance_scale=5.0, width=64, height=64
+    )
     (image,) = backend.generate([job])
     return image
 
 
-@pytest.mark.parametrize("args", [
-    {"backend": "neuron", "diffusers_optimizations": ["fuse_qkv"]},
-    {"backend": "neuron", "vae_model_id": "madebyollin/sdxl-vae-fp16-fix"},
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        {"backend": "neuron", "diffusers_optimizations": ["fuse_qkv"]},
+        {"backend": "neuron", "vae_model_id": "madebyollin/sdxl-vae-fp16-fix"},
+    ],
+)
 def test_a_neuron_backend_refuses_diffusers_options_naming_them(args):
-    with pytest.raises(InvalidAppArgs, match="diffusers_optimizations and vae_model_id apply to the cuda and cpu backends"):
+    with pytest.raises(
+        InvalidAppArgs, match="diffusers_optimizations and vae_model_id apply to the cuda and cpu backends"
+    ):
         parse_app_args(args)
 
 
-@pytest.mark.parametrize("value, message", [
-    (["fuse_qkv", "fuse_qkv"], "lists an option twice"),
-    (["xformers"], "diffusers_optimizations"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (["fuse_qkv", "fuse_qkv"], "lists an option twice"),
+        (["xformers"], "diffusers_optimizations"),
+    ],
+)
 def test_unknown_or_repeated_options_are_rejected(value, message):
     with pytest.raises(InvalidAppArgs, match=message):
         parse_app_args({"backend": "cuda", "diffusers_optimizations": value})
@@ -51,8 +61,11 @@ def test_channels_last_and_fuse_qkv_change_the_pipeline_the_backend_runs(tokeniz
 
     from app.backends.diffusers_backend import DiffusersBackend
 
-    backend = DiffusersBackend(cpu_args(diffusers_optimizations=["channels_last", "fuse_qkv"]), "tiny",
-                               pipeline=build_pipeline(TINY, tokenizer=tokenizer))
+    backend = DiffusersBackend(
+        cpu_args(diffusers_optimizations=["channels_last", "fuse_qkv"]),
+        "tiny",
+        pipeline=build_pipeline(TINY, tokenizer=tokenizer),
+    )
     unet, vae = backend.pipeline.unet, backend.pipeline.vae
     assert unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

@@ -37,7 +37,12 @@ def test_readme_metric_table_is_every_metric_the_app_exports():
     rows = {}
     for line in table.group(1).strip().splitlines()[2:]:
         name, kind, labels, unit, what = [cell.strip() for cell in line.strip("|").split("|")]
-        rows[name.strip("`")] = (kind, tuple(label.strip(" `") for label in labels.split(",") if label.strip()), unit, what)
+        rows[name.strip("`")] = (
+            kind,
+            tuple(label.strip(" `") for label in labels.split(",") if label.strip()),
+            unit,
+            what,
+        )
     expected = {}
     for name, (kind, labels, _) in METRICS.items():
         expected[f"ray_{name}_total" if kind == "counter" else f"ray_{name}"] = (kind, labels)

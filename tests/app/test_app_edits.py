@@ -102,15 +102,26 @@ def assert_error(response: httpx.Response, status: int, param: str | None, code:
 
 
 def test_the_openai_sdk_edits_an_image_without_a_mask(sdk):
-    result = sdk.images.edit(image=("in.png", png(photo()), "image/png"), prompt="a red barn", size="128x96",
-                             response_format="b64_json", extra_body={"seed": 7, "steps": 4})
+    result = sdk.images.edit(
+        image=("in.png", png(photo()), "image/png"),
+        prompt="a red barn",
+        size="128x96",
+        response_format="b64_json",
+        extra_body={"seed": 7, "steps": 4},
+    )
     (image,) = [decoded(item) for item in result.data]
     assert image.size == TEST_SIZE and image.format == "PNG"
 
 
 def test_the_openai_sdk_inpaints_with_a_mask_and_n_images(sdk):
-    result = sdk.images.edit(image=("in.png", png(photo()), "image/png"), mask=("mask.png", mask_png(), "image/png"),
-                             prompt="a red barn", n=2, size="96x128", extra_body={"seed": 7, "steps": 4})
+    result = sdk.images.edit(
+        image=("in.png", png(photo()), "image/png"),
+        mask=("mask.png", mask_png(), "image/png"),
+        prompt="a red barn",
+        n=2,
+        size="96x128",
+        extra_body={"seed": 7, "steps": 4},
+    )
     images = [decoded(item) for item in result.data]
     assert [image.size for image in images] == [TEST_SIZE_TRANSPOSED] * 2
     assert difference(images[0], images[1]) > CHANGED  # seeds 7 and 8
@@ -127,8 +138,14 @@ def test_the_same_edit_gives_the_same_bytes(client):
 
 @pytest.mark.parametrize(
     "change",
-    [{"strength": 0.5}, {"prompt": "a blue boat"}, {"negative_prompt": "blurry"}, {"seed": 8}, {"guidance_scale": 9},
-     {"steps": 6}],
+    [
+        {"strength": 0.5},
+        {"prompt": "a blue boat"},
+        {"negative_prompt": "blurry"},
+        {"seed": 8},
+        {"guidance_scale": 9},
+        {"steps": 6},
+    ],
     ids=lambda change: next(iter(change)),
 )
 def test_each_edit_field_changes_the_result(client, change):
@@ -176,8 +193,9 @@ def test_an_upload_over_the_limit_is_a_413_declared_or_chunked(client):
         for _ in range(MAX_UPLOAD_BYTES // 4096 + 2):
             yield b"y" * 4096
 
-    response = client.post("/v1/images/edits", content=chunks(),
-                           headers={"content-type": "multipart/form-data; boundary=abc"})
+    response = client.post(
+        "/v1/images/edits", content=chunks(), headers={"content-type": "multipart/form-data; boundary=abc"}
+    )
     assert_error(response, 413, None, "body_too_large")
 
 
@@ -202,13 +220,26 @@ def test_field_and_file_mistakes_are_400s_naming_the_field(client):
     # (None, value): a plain text part, so that the body is multipart without any file.
     assert_error(client.post("/v1/images/edits", files={"prompt": (None, "x")}), 400, "image", "missing_value")
     assert_error(client.post("/v1/images/edits", files={"image": image}), 400, "prompt", "missing_value")
-    assert_error(client.post("/v1/images/edits", data={"prompt": "x", "image": "not a file"},
-                             files={"mask": ("m.png", mask_png(), "image/png")}), 400, "image", "invalid_type")
-    assert_error(client.post("/v1/images/edits", data={"prompt": "x", "quality": "hd"}, files={"image": image}),
-                 400, "quality", "unsupported_parameter")
+    assert_error(
+        client.post(
+            "/v1/images/edits",
+            data={"prompt": "x", "image": "not a file"},
+            files={"mask": ("m.png", mask_png(), "image/png")},
+        ),
+        400,
+        "image",
+        "invalid_type",
+    )
+    assert_error(
+        client.post("/v1/images/edits", data={"prompt": "x", "quality": "hd"}, files={"image": image}),
+        400,
+        "quality",
+        "unsupported_parameter",
+    )
     duplicate = [("image", image), ("image", image)]
-    assert_error(client.post("/v1/images/edits", data={"prompt": "x"}, files=duplicate), 400, "image",
-                 "duplicate_parameter")
+    assert_error(
+        client.post("/v1/images/edits", data={"prompt": "x"}, files=duplicate), 400, "image", "duplicate_parameter"
+    )
     assert_error(edit(client, strength=0), 400, "strength", "out_of_range")
     assert_error(edit(client, strength=1.5), 400, "strength", "out_of_range")
     assert_error(edit(client, strength=0.1, steps=4), 400, "strength", "out_of_range")  # 0.4 of a step

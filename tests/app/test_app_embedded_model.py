@@ -13,8 +13,13 @@ def test_two_concurrent_generations_into_one_directory_both_succeed_with_identic
     target = tmp_path / "embedded"
     # Two replicas starting at once on a fresh node both try to generate the model.
     processes = [
-        subprocess.Popen([sys.executable, "-m", "app.embedded_model", str(target)], cwd=REPO_ROOT,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "app.embedded_model", str(target)],
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(2)
     ]
     results = [process.communicate(timeout=300) for process in processes]
@@ -24,8 +29,12 @@ def test_two_concurrent_generations_into_one_directory_both_succeed_with_identic
     assert [path.name for path in tmp_path.iterdir()] == ["embedded"]
     # Seeded: a fresh generation equals the shared copy byte for byte.
     shared = embedded_model_dir()
-    for part in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
-                 "text_encoder_2/model.safetensors", "tokenizer/vocab.json"):
+    for part in (
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder_2/model.safetensors",
+        "tokenizer/vocab.json",
+    ):
         assert (target / part).read_bytes() == (shared / part).read_bytes(), part
 
 

@@ -123,8 +123,15 @@ def test_different_seeds_give_different_images(client):
 def test_query_chooses_steps_guidance_and_a_configured_size(client):
     response = client.get(
         "/imagine",
-        params={"prompt": "a red barn", "negative_prompt": "blurry", "steps": 3, "guidance_scale": 1.5,
-                "width": 96, "height": 128, "seed": 7},
+        params={
+            "prompt": "a red barn",
+            "negative_prompt": "blurry",
+            "steps": 3,
+            "guidance_scale": 1.5,
+            "width": 96,
+            "height": 128,
+            "seed": 7,
+        },
     )
     assert response.status_code == 200, response.text
     assert decode(response.content).size == TEST_SIZE_TRANSPOSED
@@ -133,8 +140,10 @@ def test_query_chooses_steps_guidance_and_a_configured_size(client):
     assert response.headers["X-Image-Size"] == "96x128"
 
 
-@pytest.mark.parametrize("output_format, pil_format, media_type",
-                         [("jpeg", "JPEG", "image/jpeg"), ("webp", "WEBP", "image/webp"), ("png", "PNG", "image/png")])
+@pytest.mark.parametrize(
+    "output_format, pil_format, media_type",
+    [("jpeg", "JPEG", "image/jpeg"), ("webp", "WEBP", "image/webp"), ("png", "PNG", "image/png")],
+)
 def test_output_format_selects_the_encoding(client, output_format, pil_format, media_type):
     response = client.get("/imagine", params={"prompt": "a lighthouse", "seed": 5, "output_format": output_format})
     assert response.status_code == 200, response.text
@@ -163,8 +172,9 @@ def test_a_batched_image_matches_the_same_seed_rendered_alone(client):
     # products may round the last bit differently, hence a tolerance of one intensity level... or two).
     alone = pixels(client.get("/imagine", params={"prompt": "a fox", "seed": 77}).content)
     with ThreadPoolExecutor(4) as pool:
-        together = list(pool.map(
-            lambda seed: client.get("/imagine", params={"prompt": "a fox", "seed": seed}), [75, 76, 77, 78]))
+        together = list(
+            pool.map(lambda seed: client.get("/imagine", params={"prompt": "a fox", "seed": seed}), [75, 76, 77, 78])
+        )
     assert all(r.status_code == 200 for r in together)
     assert np.abs(pixels(together[2].content) - alone).max() <= 2
 
@@ -181,8 +191,9 @@ def test_a_request_to_an_idle_replica_does_not_wait_for_batch_partners(root):
 def test_requests_arriving_while_the_pipeline_is_busy_share_a_pipeline_call(root):
     seeds = list(range(40, 48))
     with ThreadPoolExecutor(len(seeds)) as pool:
-        responses = list(pool.map(
-            lambda seed: root.get("/patient/imagine", params={"prompt": "a crowd", "seed": seed}), seeds))
+        responses = list(
+            pool.map(lambda seed: root.get("/patient/imagine", params={"prompt": "a crowd", "seed": seed}), seeds)
+        )
     assert [r.status_code for r in responses] == [200] * len(seeds)
     batch_sizes = [int(r.headers["X-Batch-Size"]) for r in responses]
     assert max(batch_sizes) > 1 and max(batch_sizes) <= PATIENT_ARGS["batch_size"], batch_sizes
@@ -190,10 +201,18 @@ def test_requests_arriving_while_the_pipeline_is_busy_share_a_pipeline_call(root
 
 
 def test_openai_route_returns_n_images_with_consecutive_seeds(client):
-    response = client.post("/v1/images/generations", json={
-        "model": "sdxl", "prompt": README_PROMPT, "n": 2, "size": "96x128", "seed": 10,
-        "response_format": "b64_json", "steps": 3,
-    })
+    response = client.post(
+        "/v1/images/generations",
+        json={
+            "model": "sdxl",
+            "prompt": README_PROMPT,
+            "n": 2,
+            "size": "96x128",
+            "seed": 10,
+            "response_format": "b64_json",
+            "steps": 3,
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert abs(body["created"] - time.time()) < 300
@@ -201,7 +220,9 @@ def test_openai_route_returns_n_images_with_consecutive_seeds(client):
     images = [base64.b64decode(item["b64_json"]) for item in body["data"]]
     assert all(decode(data).size == TEST_SIZE_TRANSPOSED and decode(data).format == "PNG" for data in images)
     # Image i uses seed + i: the second equals GET /imagine with seed 11 and the same settings.
-    single = client.get("/imagine", params={"prompt": README_PROMPT, "seed": 11, "width": 96, "height": 128, "steps": 3})
+    single = client.get(
+        "/imagine", params={"prompt": README_PROMPT, "seed": 11, "width": 96, "height": 128, "steps": 3}
+    )
     assert np.abs(pixels(images[1]) - pixels(single.content)).max() <= 2
 
 
@@ -214,8 +235,12 @@ def test_info_publishes_sizes_and_each_routes_request_schema(client):
     assert imagine["required"] == ["prompt"] and imagine["additionalProperties"] is False
     assert imagine["properties"]["prompt"]["maxLength"] == MAX_PROMPT_CHARS
     assert imagine["properties"]["steps"] == {
-        "type": "integer", "description": imagine["properties"]["steps"]["description"],
-        "minimum": 1, "maximum": API_ARGS["max_steps"], "default": API_ARGS["default_steps"]}
+        "type": "integer",
+        "description": imagine["properties"]["steps"]["description"],
+        "minimum": 1,
+        "maximum": API_ARGS["max_steps"],
+        "default": API_ARGS["default_steps"],
+    }
     generations = info["request_schema"]["images_generations"]["properties"]
     assert generations["size"]["enum"] == ["128x96", "96x128"]
     assert generations["n"]["maximum"] == API_ARGS["max_images_per_request"]
@@ -291,8 +316,9 @@ BAD_BODIES = [
 ]
 
 
-@pytest.mark.parametrize("content, param", [(b'{"prompt": "ok", "\\ud800": 1}', "\ud800"),
-                                            (b'{"prompt": "a \\udfff fox"}', "prompt")])
+@pytest.mark.parametrize(
+    "content, param", [(b'{"prompt": "ok", "\\ud800": 1}', "\ud800"), (b'{"prompt": "a \\udfff fox"}', "prompt")]
+)
 def test_lone_surrogates_from_json_escapes_are_a_400(client, content, param):
     response = client.post("/v1/images/generations", content=content, headers={"content-type": "application/json"})
     assert_error(response, 400, param)
@@ -330,8 +356,9 @@ def test_chunked_body_over_the_limit_is_a_413(client):
 
 
 def test_wrong_content_type_is_a_415(client):
-    response = client.post("/v1/images/generations", content=b"prompt=ok",
-                           headers={"content-type": "application/x-www-form-urlencoded"})
+    response = client.post(
+        "/v1/images/generations", content=b"prompt=ok", headers={"content-type": "application/x-www-form-urlencoded"}
+    )
     assert_error(response, 415, None, "unsupported_media_type")
 
 
@@ -339,9 +366,10 @@ def test_unknown_route_is_a_404(client):
     assert_error(client.get("/imagines"), 404, None, "not_found")
 
 
-@pytest.mark.parametrize("method, path, allow", [("POST", "/imagine", "GET"),
-                                                 ("GET", "/v1/images/generations", "POST"),
-                                                 ("DELETE", "/healthz", "GET, HEAD")])
+@pytest.mark.parametrize(
+    "method, path, allow",
+    [("POST", "/imagine", "GET"), ("GET", "/v1/images/generations", "POST"), ("DELETE", "/healthz", "GET, HEAD")],
+)
 def test_wrong_method_is_a_405_with_allow(client, method, path, allow):
     response = client.request(method, path)
     assert_error(response, 405, None, "method_not_allowed")
@@ -355,8 +383,12 @@ def test_service_answers_normally_after_bad_input(client):
         assert client.post("/v1/images/generations", json=body).status_code < 500
     for method, path in [("POST", "/imagine"), ("GET", "/nowhere"), ("PUT", "/healthz")]:
         assert client.request(method, path).status_code < 500
-    assert client.post("/v1/images/generations", content=b"x" * 5000,
-                       headers={"content-type": "application/json"}).status_code == 413
+    assert (
+        client.post(
+            "/v1/images/generations", content=b"x" * 5000, headers={"content-type": "application/json"}
+        ).status_code
+        == 413
+    )
     assert client.get("/healthz").status_code == 200
     response = client.get("/imagine", params={"prompt": README_PROMPT, "seed": 1})
     assert response.status_code == 200
@@ -375,8 +407,7 @@ def test_generation_without_the_api_key_is_a_401_with_www_authenticate(root):
 
 def test_generation_with_a_wrong_api_key_is_a_401(root):
     for header in ("Bearer wrong", "Basic " + API_KEY, API_KEY, "Bearer " + API_KEY + "x"):
-        response = root.post("/guarded/v1/images/generations", json={"prompt": "ok"},
-                             headers={"Authorization": header})
+        response = root.post("/guarded/v1/images/generations", json={"prompt": "ok"}, headers={"Authorization": header})
         assert_error(response, 401, None, "invalid_api_key")
 
 
@@ -452,8 +483,9 @@ def test_invalid_app_args_fail_the_deploy_with_a_message_naming_the_field(cluste
         api_application(GUARDED_ARGS, GUARDED_OPTIONS, name="guarded", route_prefix="/guarded"),
         api_application(PATIENT_ARGS, PATIENT_OPTIONS, name="patient", route_prefix="/patient"),
     ]
-    bad = api_application(fast_embedded_args(max_steps=2, default_steps=4, backend="tpu"), name="bad",
-                          route_prefix="/bad")
+    bad = api_application(
+        fast_embedded_args(max_steps=2, default_steps=4, backend="tpu"), name="bad", route_prefix="/bad"
+    )
     statuses = deploy_config(keep + [bad], timeout_s=120)
     status, message = statuses["bad"]
     assert status == "DEPLOY_FAILED"

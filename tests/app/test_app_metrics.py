@@ -12,8 +12,17 @@ import pytest
 
 from app.http import ROUTES
 from app.jobs import ImageJob
-from app.metrics import (CALL_IMAGES, METRICS, STEP_RANGES, ReplicaMetrics, code_label, current_request,
-                         endpoint_label, status_class, steps_label)
+from app.metrics import (
+    CALL_IMAGES,
+    METRICS,
+    STEP_RANGES,
+    ReplicaMetrics,
+    code_label,
+    current_request,
+    endpoint_label,
+    status_class,
+    steps_label,
+)
 from app.service import GeneratedImage
 
 PROMPT = "my neighbour's face, from this photo"
@@ -51,7 +60,16 @@ def test_labels_take_values_from_small_fixed_sets():
     assert code_label("out_of_range") == "out_of_range"
     assert code_label("Robert'); DROP TABLE") == "other" and code_label("x" * 80) == "other"
     assert {steps_label(steps) for steps in range(1, 1001)} == {
-        "1-10", "11-20", "21-30", "31-40", "41-50", "51-100", "101-200", "201-500", ">500"}
+        "1-10",
+        "11-20",
+        "21-30",
+        "31-40",
+        "41-50",
+        "51-100",
+        "101-200",
+        "201-500",
+        ">500",
+    }
     assert steps_label(30) == "21-30" and steps_label(31) == "31-40" and len(STEP_RANGES) < 10
 
 
@@ -71,10 +89,23 @@ def test_images_per_call_buckets_put_each_count_in_a_bucket_whose_midpoint_is_th
 def test_a_generation_request_logs_one_json_line_without_its_prompt(access_log):
     one_image_request(ReplicaMetrics(enabled=False, log_prompts=False, routes=ROUTES), "/v1/images/generations", n=2)
     (line,) = access_log()
-    assert line == {"event": "sdxl_request", "endpoint": "/v1/images/generations", "status": 200, "code": "ok",
-                    "images": 2, "size": "1024x1024", "steps": 30, "seed": 41, "format": "webp", "batch_images": 2,
-                    "queue_ms": 35, "pipeline_ms": 2100, "encode_ms": 12.5, "total_ms": line["total_ms"],
-                    "request_id": ""}
+    assert line == {
+        "event": "sdxl_request",
+        "endpoint": "/v1/images/generations",
+        "status": 200,
+        "code": "ok",
+        "images": 2,
+        "size": "1024x1024",
+        "steps": 30,
+        "seed": 41,
+        "format": "webp",
+        "batch_images": 2,
+        "queue_ms": 35,
+        "pipeline_ms": 2100,
+        "encode_ms": 12.5,
+        "total_ms": line["total_ms"],
+        "request_id": "",
+    }
     assert PROMPT not in json.dumps(line)
 
 

@@ -11,6 +11,7 @@ batch (not a dynamic one), keeps requests the compiled batch cannot run away fro
 Ray hands each replica its NeuronCores via ``NEURON_RT_VISIBLE_CORES``. Whether the real SDK renders SDXL on
 a NeuronCore pair is only proven on an inf2 node.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.jobs import ImageJob
 from app.config import parse_app_args
+from app.jobs import ImageJob
 from tests.support.neuron_export import SDK_2_26_COMPILER, write_fake_neuron_export
 from tests.support.serve_cluster import REPO_ROOT, api_application, deploy_config, embedded_model_dir, local_serve
 
@@ -40,8 +41,14 @@ COMPILED_SIZE = f"{COMPILED_WIDTH}x{COMPILED_HEIGHT}"
 def fake_export(batch_size: int = 2, **options) -> Path:
     """A compiled-looking copy of the embedded model (cached under .cache/, reused by every test)."""
     key = "-".join([f"b{batch_size}"] + [f"{name}={value}" for name, value in sorted(options.items())])
-    return write_fake_neuron_export(embedded_model_dir(), EXPORTS_DIR / key, batch_size=batch_size,
-                                    width=COMPILED_WIDTH, height=COMPILED_HEIGHT, **options)
+    return write_fake_neuron_export(
+        embedded_model_dir(),
+        EXPORTS_DIR / key,
+        batch_size=batch_size,
+        width=COMPILED_WIDTH,
+        height=COMPILED_HEIGHT,
+        **options,
+    )
 
 
 def neuron_args(**overrides) -> dict:
@@ -69,8 +76,11 @@ def wedged_app() -> dict:
         {
             # The test calls check_health itself; Serve must not replace the replica while it looks.
             "health_check_period_s": 3600,
-            "ray_actor_options": {"num_cpus": 1, "resources": {"neuron_cores": 2},
-                                  "runtime_env": {"env_vars": {"FAKE_NEURON_FAIL_FLAG": str(WEDGED_FLAG)}}},
+            "ray_actor_options": {
+                "num_cpus": 1,
+                "resources": {"neuron_cores": 2},
+                "runtime_env": {"env_vars": {"FAKE_NEURON_FAIL_FLAG": str(WEDGED_FLAG)}},
+            },
         },
         name="wedged",
         route_prefix="/wedged",
@@ -118,7 +128,9 @@ def render_one(backend, guidance_scale: float = 5.0) -> Image.Image:
 
 def test_neuron_backend_loads_the_pinned_revision_and_reads_the_compiled_shape(fake_neuron):
     backend = load_neuron_backend()
-    assert fake_neuron.NeuronStableDiffusionXLPipeline.loads == [{"model_id": str(fake_export()), "revision": "sdk-2.26"}]
+    assert fake_neuron.NeuronStableDiffusionXLPipeline.loads == [
+        {"model_id": str(fake_export()), "revision": "sdk-2.26"}
+    ]
     assert (backend.batch_size, backend.fixed_batch) == (2, True)
     assert backend.details["compiled_size"] == COMPILED_SIZE
     assert backend.details["compiler_version"] == SDK_2_26_COMPILER
@@ -165,14 +177,20 @@ def test_neuron_backend_refuses_to_start_without_neuron_cores_of_its_own(fake_ne
 
 def test_an_uncompiled_model_fails_the_load_saying_to_export_it(fake_neuron):
     # The real loader (no export=True) refuses a plain diffusers directory; replicas never compile.
-    with pytest.raises(ValueError, match=r"is not compiled for Neuron .*optimum-cli export neuron .*--auto_cast matmul --auto_cast_type bf16"):
+    with pytest.raises(
+        ValueError,
+        match=r"is not compiled for Neuron .*optimum-cli export neuron .*--auto_cast matmul --auto_cast_type bf16",
+    ):
         load_neuron_backend(model_id=str(embedded_model_dir()))
 
 
 def test_a_model_compiled_by_a_newer_neuronx_cc_is_refused_naming_model_revision(fake_neuron):
     newer = fake_export(compiler_version="2.22.1.0+deadbeef")
-    with pytest.raises(ValueError, match=r"compiled by neuronx-cc 2.22.1.0\+deadbeef, newer than this image's "
-                                         r"2.21.33363.0\+82129205: set model_revision"):
+    with pytest.raises(
+        ValueError,
+        match=r"compiled by neuronx-cc 2.22.1.0\+deadbeef, newer than this image's "
+        r"2.21.33363.0\+82129205: set model_revision",
+    ):
         load_neuron_backend(model_id=str(newer))
     older = load_neuron_backend(model_id=str(fake_export(compiler_version="2.20.1.0+cafe")))
     assert older.details["compiler_version"] == "2.20.1.0+cafe"
@@ -306,8 +324,12 @@ def test_a_replica_whose_pipeline_keeps_failing_reports_itself_unhealthy(neuron_
 
 @pytest.mark.ray
 def test_a_size_the_model_was_not_compiled_for_fails_the_deploy_naming_image_sizes(neuron_cluster, client):
-    mismatched = api_application(neuron_args(image_sizes=["64x64"]),
-                                 {"max_constructor_retry_count": 1}, name="mismatch", route_prefix="/mismatch")
+    mismatched = api_application(
+        neuron_args(image_sizes=["64x64"]),
+        {"max_constructor_retry_count": 1},
+        name="mismatch",
+        route_prefix="/mismatch",
+    )
     statuses = deploy_config([api_application(neuron_args()), mismatched], timeout_s=150)
     status, message = statuses["mismatch"]
     assert status == "DEPLOY_FAILED"
@@ -327,7 +349,9 @@ def test_guidance_the_compiled_batch_cannot_run_is_a_400_and_info_says_why(clien
     assert schema["images_generations"]["properties"]["guidance_scale"]["exclusiveMinimum"] == 1
     assert client.get("/healthz").status_code == 200  # a refused request costs the replica nothing
     assert png_pixels(client.get("/imagine", params={"prompt": "a cat", "guidance_scale": 1.5})).shape[:2] == (
-        COMPILED_HEIGHT, COMPILED_WIDTH)
+        COMPILED_HEIGHT,
+        COMPILED_WIDTH,
+    )
 
 
 @pytest.mark.ray
@@ -341,8 +365,11 @@ def test_info_shows_the_compiler_that_built_the_model(client):
 def test_an_edit_on_the_fake_neuron_replica_is_padded_and_rendered_at_the_compiled_size(client):
     buffer = io.BytesIO()
     Image.new("RGB", (300, 200), (10, 120, 200)).save(buffer, format="PNG")
-    response = client.post("/v1/images/edits", data={"prompt": "a cat", "seed": "3", "steps": "3"},
-                           files={"image": ("in.png", buffer.getvalue(), "image/png")})
+    response = client.post(
+        "/v1/images/edits",
+        data={"prompt": "a cat", "seed": "3", "steps": "3"},
+        files={"image": ("in.png", buffer.getvalue(), "image/png")},
+    )
     assert response.status_code == 200, response.text
     import base64
 

@@ -111,7 +111,10 @@ def test_imagine_width_and_height_choose_the_image_size_in_that_order(client, ba
 def test_imagine_echoes_what_it_used_in_its_headers(client):
     response = imagine(client, steps=3, guidance_scale=2.5, seed=99)
     assert (response.headers["X-Steps"], response.headers["X-Guidance-Scale"], response.headers["X-Seed"]) == (
-        "3", "2.5", "99")
+        "3",
+        "2.5",
+        "99",
+    )
 
 
 @pytest.mark.parametrize(("output_format", "pil_format"), [("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WEBP")])

@@ -10,8 +10,16 @@ from app.api import MAX_SEED, REQUEST_FIELDS, Rules, parse_imagine_query, parse_
 from app.config import parse_app_args
 from app.http import ApiError
 
-ARGS = parse_app_args({"backend": "cpu", "image_sizes": ["128x96", "96x128"], "default_steps": 4, "max_steps": 20,
-                       "max_prompt_chars": 50, "max_images_per_request": 3})
+ARGS = parse_app_args(
+    {
+        "backend": "cpu",
+        "image_sizes": ["128x96", "96x128"],
+        "default_steps": 4,
+        "max_steps": 20,
+        "max_prompt_chars": 50,
+        "max_images_per_request": 3,
+    }
+)
 RULES = Rules(ARGS)
 
 
@@ -84,8 +92,19 @@ def test_a_model_that_needs_guidance_above_a_floor_publishes_and_enforces_it():
     assert job.guidance_scale == 1.5
 
 
-@given(st.dictionaries(st.text(max_size=12), st.one_of(st.none(), st.booleans(), st.integers(), st.floats(),
-                                                         st.text(max_size=60), st.lists(st.integers(), max_size=2))))
+@given(
+    st.dictionaries(
+        st.text(max_size=12),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(),
+            st.text(max_size=60),
+            st.lists(st.integers(), max_size=2),
+        ),
+    )
+)
 def test_any_json_object_is_either_a_valid_request_or_a_400(body):
     # Whatever arrives, parsing ends in a request or a 400 naming a field (never another exception).
     try:
@@ -97,9 +116,27 @@ def test_any_json_object_is_either_a_valid_request_or_a_400(body):
         assert all(1 <= job.steps <= 20 and (job.width, job.height) in ARGS.sizes for job in request.jobs)
 
 
-@given(st.lists(st.tuples(st.sampled_from(["prompt", "steps", "seed", "guidance_scale", "width", "height",
-                                           "output_format", "negative_prompt", "x"]),
-                          st.text(max_size=20)), max_size=6))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(
+                [
+                    "prompt",
+                    "steps",
+                    "seed",
+                    "guidance_scale",
+                    "width",
+                    "height",
+                    "output_format",
+                    "negative_prompt",
+                    "x",
+                ]
+            ),
+            st.text(max_size=20),
+        ),
+        max_size=6,
+    )
+)
 def test_any_query_string_is_either_a_valid_request_or_a_400(pairs):
     try:
         request = parse_imagine_query(pairs, RULES)

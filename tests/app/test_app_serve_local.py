@@ -36,8 +36,14 @@ def group_members(pgid: int) -> list[int]:
 def start_serve_local(port: int, log_path: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "SDXL_EMBEDDED_MODEL_DIR": str(embedded_model_dir()), "PYTHONUNBUFFERED": "1"}
     # Its own session, like a terminal job: Ctrl-C reaches the script, and its process group is all ours.
-    return subprocess.Popen([str(REPO_ROOT / "ci" / "serve-local.sh"), "--port", str(port), *extra], cwd=REPO_ROOT,
-                            env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [str(REPO_ROOT / "ci" / "serve-local.sh"), "--port", str(port), *extra],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log_path.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def images_counted(metrics_url: str) -> float:

@@ -55,11 +55,17 @@ def test_a_truncated_file_is_refused_after_its_header_passed():
 
 def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height (a decompression bomb's first step)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("side", [600, 3000, 60000])
@@ -84,7 +90,7 @@ def test_an_animated_image_is_refused():
 )
 def test_every_mode_becomes_rgb(mode, fmt):
     base = Image.linear_gradient("L").resize((32, 32))
-    image = base.convert(mode) if mode not in ("I;16",) else Image.fromarray((np.asarray(base, np.uint16) * 257))
+    image = base.convert(mode) if mode not in ("I;16",) else Image.fromarray(np.asarray(base, np.uint16) * 257)
     if mode == "P":
         image.info["transparency"] = 0
     decoded = to_rgb(open_image(encoded(image, fmt), "image", BUDGET))
@@ -130,7 +136,9 @@ def test_a_mask_without_alpha_or_of_another_size_is_refused_with_openais_rule():
     with pytest.raises(ApiError, match="no alpha channel .* fully transparent pixels mark where to edit") as caught:
         mask_from(open_image(encoded(Image.new("RGB", (20, 10)), "PNG"), "mask", BUDGET), target)
     assert caught.value.param == "mask"
-    with pytest.raises(ApiError, match="'mask' is 10x10 but 'image' is 20x10: OpenAI's rule is a mask of the image's size"):
+    with pytest.raises(
+        ApiError, match="'mask' is 10x10 but 'image' is 20x10: OpenAI's rule is a mask of the image's size"
+    ):
         mask_from(Image.new("RGBA", (10, 10)), target)
 
 

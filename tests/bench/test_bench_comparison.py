@@ -32,23 +32,53 @@ def test_a_scenario_the_chart_refuses_stops_the_run_instead_of_measuring_a_stand
 
 
 def synthetic_run(latency: float, count: int, batch: int | None = None) -> loadgen.RunResult:
-    samples = [loadgen.Sample(started=i, finished=i + latency, status=200, nbytes=100, batch_size=batch) for i in range(count)]
+    samples = [
+        loadgen.Sample(started=i, finished=i + latency, status=200, nbytes=100, batch_size=batch) for i in range(count)
+    ]
     return loadgen.RunResult(concurrency=1, samples=samples, wall_s=latency * count)
 
 
 def synthetic_report(levels: list[int], bare_source: str) -> Report:
-    batching = Batching(batch_size_in_use=4, probe_batch=4, images_per_s_batch1=10, images_per_s_batch=16,
-                        efficiency=1.6, batch_call_p50_s=0.25)
+    batching = Batching(
+        batch_size_in_use=4,
+        probe_batch=4,
+        images_per_s_batch1=10,
+        images_per_s_batch=16,
+        efficiency=1.6,
+        batch_call_p50_s=0.25,
+    )
     bare = Bare(threads=1, call={}, bare_p50_s=0.05, bare_min_s=0.04, batching=batching, bare_source=bare_source)
     latencies = {"seed": 0.1, "ours": 0.08, "ours-nowait": 0.09}
     report = Report(
-        mode="quick", utc="2026-12-02T00:00:00Z", command="python bench/compare.py --quick", machine={
-            "cpu_model": "test CPU", "logical_cpus": 2, "memory_gib": 1, "platform": "test", "python": "3.11",
-            "versions": {"ray": "2.60.0"}},
-        load_average={"start": [0.1], "end": [0.2]}, our_config_source="test", our_application={}, levels=levels,
-        rounds=1, workload={"model_id": "embedded", "backend": "cpu", "steps": 4, "guidance_scale": 5.0,
-                            "size": "128x96", "replicas": 2, "ray_actor_options": {}, "batch_size": 4},
-        bare=bare, encoding=[EncodeRow("photo-like", "jpeg (q90)", 2.5, 1000)])
+        mode="quick",
+        utc="2026-12-02T00:00:00Z",
+        command="python bench/compare.py --quick",
+        machine={
+            "cpu_model": "test CPU",
+            "logical_cpus": 2,
+            "memory_gib": 1,
+            "platform": "test",
+            "python": "3.11",
+            "versions": {"ray": "2.60.0"},
+        },
+        load_average={"start": [0.1], "end": [0.2]},
+        our_config_source="test",
+        our_application={},
+        levels=levels,
+        rounds=1,
+        workload={
+            "model_id": "embedded",
+            "backend": "cpu",
+            "steps": 4,
+            "guidance_scale": 5.0,
+            "size": "128x96",
+            "replicas": 2,
+            "ray_actor_options": {},
+            "batch_size": 4,
+        },
+        bare=bare,
+        encoding=[EncodeRow("photo-like", "jpeg (q90)", 2.5, 1000)],
+    )
     for design in DESIGNS:
         report.results[design] = {}
         report.per_round[design] = {}
@@ -78,5 +108,14 @@ def test_a_bare_figure_not_measured_beside_the_requests_is_labelled_as_such():
 
 
 def test_plans_size_the_run():
-    quick, full = Plan.create(quick=True, levels="1,4,16", rounds=None), Plan.create(quick=False, levels="1,16", rounds=2)
-    assert (quick.rounds, quick.requests_at(16), full.rounds, full.requests_at(16), full.levels) == (1, 48, 2, 128, (1, 16))
+    quick, full = (
+        Plan.create(quick=True, levels="1,4,16", rounds=None),
+        Plan.create(quick=False, levels="1,16", rounds=2),
+    )
+    assert (quick.rounds, quick.requests_at(16), full.rounds, full.requests_at(16), full.levels) == (
+        1,
+        48,
+        2,
+        128,
+        (1, 16),
+    )

@@ -15,19 +15,42 @@ import pytest
 
 from tests.support.serve_cluster import REPO_ROOT, embedded_model_dir
 
-DRY_RUN = ["--device", "cpu", "--tiny", "--size", "128", "--steps", "2", "--warmup-steps", "1", "--repeats", "2",
-           "--batches", "1,2"]
+DRY_RUN = [
+    "--device",
+    "cpu",
+    "--tiny",
+    "--size",
+    "128",
+    "--steps",
+    "2",
+    "--warmup-steps",
+    "1",
+    "--repeats",
+    "2",
+    "--batches",
+    "1,2",
+]
 
 
 def run_device_check(tmp_path, *extra: str) -> tuple[subprocess.CompletedProcess, dict, str]:
     blocker = tmp_path / "no-ray" / "ray"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text('raise ImportError("the GPU machine has no Ray")\n')
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(REPO_ROOT)]),
-           "SDXL_EMBEDDED_MODEL_DIR": str(embedded_model_dir()), "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(blocker.parent), str(REPO_ROOT)]),
+        "SDXL_EMBEDDED_MODEL_DIR": str(embedded_model_dir()),
+        "HF_HUB_OFFLINE": "1",
+    }
     outdir = tmp_path / "out"
-    process = subprocess.run([sys.executable, "bench/device_check.py", str(outdir), *DRY_RUN, *extra],
-                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        [sys.executable, "bench/device_check.py", str(outdir), *DRY_RUN, *extra],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert process.returncode == 0, process.stderr[-3000:]
     report = json.loads((outdir / "device_check.json").read_text())
     return process, report, (outdir / "device_check.md").read_text()

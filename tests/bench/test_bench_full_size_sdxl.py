@@ -1,4 +1,5 @@
-"""The full-size random-weight SDXL builder has SDXL base 1.0's published architecture, checked without allocating it."""
+"""The full-size random-weight SDXL builder has SDXL base 1.0's published architecture,
+checked without allocating it."""
 
 from __future__ import annotations
 

@@ -1,27 +1,31 @@
 """Render the chart with Helm's own engine (helm-python-sdk: Helm v4 Go SDK, no helm binary) and look
 at the result the way a reviewer does: as Kubernetes objects.
 
-Shared by the tests under tests/chart. Rendering is offline (``lookup`` returns nothing) and
-validates values against values.schema.json first, exactly as ``helm install`` does.
+Shared by the tests under tests/chart. The rendering itself is ``bench/chart_render.py`` (the
+benchmarks render the same way): offline (``lookup`` returns nothing), values checked against
+values.schema.json and validate.yaml first, exactly as ``helm install`` does.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import helm_python
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CHART_DIR = REPO_ROOT / "chart"
-SCENARIO_DIR = CHART_DIR / "ci"
+from bench.chart_render import (  # noqa: F401 (re-exported for the chart tests)
+    CHART_DIR,
+    NAMESPACE,
+    RELEASE,
+    REPO_ROOT,
+    SCENARIO_DIR,
+    chart,
+    deep_merge,
+    render_manifests,
+    scenario_values,
+)
+
 SCHEMAS_DIR = REPO_ROOT.parent / "shared" / "schemas"
-RELEASE = "sdxl"
-NAMESPACE = "sdxl"
 
 #: Every chart/ci/<name>-values.yaml, by <name>.
 SCENARIOS = sorted(path.name.removesuffix("-values.yaml") for path in SCENARIO_DIR.glob("*-values.yaml"))
@@ -50,29 +54,20 @@ def helm_binary() -> str:
     pytest.skip(reason)
 
 
+def values_schema_generator():
+    """``ci/values_schema.py`` (a script, not a package): the schema generator and values.yaml's comment parser."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("values_schema", REPO_ROOT / "ci" / "values_schema.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def newest_kubernetes() -> str:
     import kubernetes_validate
 
     return kubernetes_validate.latest_version()
-
-
-@functools.lru_cache(maxsize=1)
-def chart() -> helm_python.Chart:
-    return helm_python.Chart.load(CHART_DIR)
-
-
-def scenario_values(name: str) -> dict:
-    return yaml.safe_load((SCENARIO_DIR / f"{name}-values.yaml").read_text()) or {}
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
 
 
 def set_values(expression: str) -> dict:
@@ -159,15 +154,7 @@ def render(
     namespace: str = NAMESPACE,
     upgrade: bool = False,
 ) -> Rendered:
-    merged = deep_merge(scenario_values(scenario) if scenario else {}, values or {})
-    files = chart().render(merged, name=name, namespace=namespace, is_install=not upgrade, is_upgrade=upgrade)
-    docs = []
-    for path, text in sorted(files.items()):
-        if not path.endswith((".yaml", ".yml")):
-            continue
-        for doc in yaml.safe_load_all(text):
-            if doc:
-                docs.append(doc)
+    files, docs = render_manifests(values, scenario=scenario, name=name, namespace=namespace, upgrade=upgrade)
     return Rendered(files=files, docs=docs)
 
 

@@ -55,7 +55,9 @@ def unit_tests_with_descriptions(rules: list[dict]) -> dict:
 def test_every_alert_fires_and_stays_silent_in_promtools_unit_tests(tmp_path):
     rules = rendered_rules()
     write_rules(tmp_path)
-    (tmp_path / "alert_rules_test.yaml").write_text(yaml.safe_dump(unit_tests_with_descriptions(rules), sort_keys=False))
+    (tmp_path / "alert_rules_test.yaml").write_text(
+        yaml.safe_dump(unit_tests_with_descriptions(rules), sort_keys=False)
+    )
     result = promtool("test", "rules", "alert_rules_test.yaml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -67,8 +69,14 @@ def test_the_unit_tests_cover_each_alert_both_ways():
         for check in case["alert_rule_test"]:
             (fires if check["exp_alerts"] else silent).add(check["alertname"])
     alerts = {rule["alert"] for rule in rendered_rules()}
-    assert alerts == {"SDXLNoHealthyReplica", "SDXLReplicaUnhealthy", "SDXLServerErrors", "SDXLLatencyAboveSLO",
-                      "SDXLBackpressure", "SDXLPipelineFailures"}
+    assert alerts == {
+        "SDXLNoHealthyReplica",
+        "SDXLReplicaUnhealthy",
+        "SDXLServerErrors",
+        "SDXLLatencyAboveSLO",
+        "SDXLBackpressure",
+        "SDXLPipelineFailures",
+    }
     assert fires == alerts and silent == alerts
 
 
@@ -77,7 +85,9 @@ def test_the_unit_tests_fail_against_rules_with_other_thresholds(tmp_path):
     values = {"monitoring": {"prometheusRule": {"enabled": True, "pipelineFailures": 4, "serverErrorRatio": 0.2}}}
     rules = rendered_rules(values)
     write_rules(tmp_path, values)
-    (tmp_path / "alert_rules_test.yaml").write_text(yaml.safe_dump(unit_tests_with_descriptions(rules), sort_keys=False))
+    (tmp_path / "alert_rules_test.yaml").write_text(
+        yaml.safe_dump(unit_tests_with_descriptions(rules), sort_keys=False)
+    )
     result = promtool("test", "rules", "alert_rules_test.yaml", cwd=tmp_path)
     assert result.returncode != 0
     report = result.stdout + result.stderr
@@ -99,15 +109,23 @@ def test_the_unit_tests_fail_against_rules_with_other_thresholds(tmp_path):
     ],
 )
 def test_each_threshold_comes_from_its_value(value, alert, rendered):
-    rules = {rule["alert"]: rule for rule in
-             rendered_rules({"monitoring": {"prometheusRule": {"enabled": True, **value}}})}
+    rules = {
+        rule["alert"]: rule for rule in rendered_rules({"monitoring": {"prometheusRule": {"enabled": True, **value}}})
+    }
     field, expected = rendered
     assert expected in rules[alert][field] if field == "expr" else rules[alert][field] == expected
 
 
 def test_alert_labels_reach_every_alert_and_rule_labels_the_object():
-    values = {"monitoring": {"prometheusRule": {"enabled": True, "alertLabels": {"team": "ml-platform"},
-                                                "labels": {"release": "kube-prometheus-stack"}}}}
+    values = {
+        "monitoring": {
+            "prometheusRule": {
+                "enabled": True,
+                "alertLabels": {"team": "ml-platform"},
+                "labels": {"release": "kube-prometheus-stack"},
+            }
+        }
+    }
     rule = render(values).one("PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert all(item["labels"]["team"] == "ml-platform" for group in rule["spec"]["groups"] for item in group["rules"])

@@ -88,9 +88,7 @@ def test_the_autoscaler_plans_twelve_two_core_replicas_per_inf2_48xlarge(scenari
     assert replicas_that_fit(node["resources"], replica_demand(rendered)) == 12
 
 
-@pytest.mark.parametrize(
-    ("scenario", "min_nodes", "max_nodes"), [("default", 1, 1), ("autoscaling", 1, 4)]
-)
+@pytest.mark.parametrize(("scenario", "min_nodes", "max_nodes"), [("default", 1, 1), ("autoscaling", 1, 4)])
 def test_worker_counts_and_idle_timeout_come_from_workers_values(scenario, min_nodes, max_nodes):
     rendered = render(scenario=SCENARIOS[scenario])
     config = autoscaler_view(rendered)
@@ -111,12 +109,14 @@ def test_the_head_offers_no_cpu_and_no_neuron_cores_so_no_replica_lands_there():
 @pytest.mark.parametrize("instance_type", sorted(EC2))
 def test_every_instance_type_of_the_chart_gives_the_autoscaler_its_ec2_shape(instance_type):
     cores = EC2[instance_type][0]
-    rendered = render({
-        "workers": {"instanceType": instance_type, "minNodes": 0, "maxNodes": 3, "idleTimeoutSeconds": 90},
-        "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3 * (cores // 2)},
-        # Small enough for the smallest type (inf2.xlarge: 2 vCPU and ~10 GiB for the worker).
-        "serve": {"replicaCpus": 1, "replicaMemoryMiB": 2048},
-    })
+    rendered = render(
+        {
+            "workers": {"instanceType": instance_type, "minNodes": 0, "maxNodes": 3, "idleTimeoutSeconds": 90},
+            "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3 * (cores // 2)},
+            # Small enough for the smallest type (inf2.xlarge: 2 vCPU and ~10 GiB for the worker).
+            "serve": {"replicaCpus": 1, "replicaMemoryMiB": 2048},
+        }
+    )
     config = autoscaler_view(rendered)
     node = worker_type(config)
     assert node["resources"] == expected_node(instance_type)

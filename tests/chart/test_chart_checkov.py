@@ -69,7 +69,11 @@ def test_checkov_finds_no_failed_check_in_the_rendered_chart(checkov, tmp_path, 
     scanned = {check["resource"] for check in report["results"]["passed_checks"]}
     # (The karpenter scenario creates and uses namespace sdxl-serving.)
     namespace = rendered.rayservice["metadata"]["namespace"]
-    assert {f"Pod.{namespace}.ray-head", f"Pod.{namespace}.ray-worker", f"Pod.{namespace}.sdxl-test-generate"} <= scanned
+    assert {
+        f"Pod.{namespace}.ray-head",
+        f"Pod.{namespace}.ray-worker",
+        f"Pod.{namespace}.sdxl-test-generate",
+    } <= scanned
 
 
 def test_every_skipped_check_has_a_written_reason():

@@ -8,7 +8,6 @@ Regenerate the table after editing values.yaml:
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -17,58 +16,34 @@ import yaml
 if __name__ == "__main__":  # run as a script: make `tests.chart` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.chart.chartlib import CHART_DIR, REPO_ROOT, render
+from tests.chart.chartlib import CHART_DIR, REPO_ROOT, render, values_schema_generator
 
 VALUES_FILE = CHART_DIR / "values.yaml"
 README = REPO_ROOT / "README.md"
 BEGIN, END = "<!-- BEGIN values-table -->", "<!-- END values-table -->"
-KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][A-Za-z0-9]*):(?P<rest>.*)$")
 
 
 def documented_values() -> list[tuple[str, object, str]]:
     """(dotted key, default, description) for every key with a `# --` comment, in file order.
 
     A commented key is documented as a whole (its children are not listed separately); an
-    uncommented key must be a section whose children are documented.
+    uncommented key must be a section whose children are documented. The comments are read by the
+    same parser that writes the schema's descriptions (ci/values_schema.py).
     """
-    defaults = yaml.safe_load(VALUES_FILE.read_text())
+    comments = values_schema_generator().documented_comments()
     rows, undocumented = [], []
-    stack: list[tuple[int, str]] = []
-    comment: list[str] = []
-    skip_below: int | None = None
-    lines = VALUES_FILE.read_text().splitlines()
-    for index, line in enumerate(lines):
-        stripped = line.strip()
-        if stripped.startswith("# --"):
-            comment = [stripped[4:].strip()]
-            continue
-        if stripped.startswith("#") and comment:
-            comment.append(stripped[1:].strip())
-            continue
-        match = KEY_LINE.match(line)
-        if not match:
-            if not stripped.startswith("#"):
-                comment = []
-            continue
-        indent = len(match["indent"])
-        if skip_below is not None and indent > skip_below:
-            comment = []
-            continue
-        skip_below = None
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        path = [key for _, key in stack] + [match["key"]]
-        value = defaults
-        for key in path:
-            value = value[key]
-        if comment:
-            rows.append((".".join(path), value, " ".join(comment)))
-            skip_below = indent
-        elif isinstance(value, dict) and value:
-            stack.append((indent, match["key"]))
-        else:
-            undocumented.append(".".join(path))
-        comment = []
+
+    def walk(section: dict, prefix: str) -> None:
+        for key, value in section.items():
+            path = prefix + key
+            if path in comments:
+                rows.append((path, value, comments[path]))
+            elif isinstance(value, dict) and value:
+                walk(value, path + ".")
+            else:
+                undocumented.append(path)
+
+    walk(yaml.safe_load(VALUES_FILE.read_text()), "")
     assert not undocumented, f"values.yaml keys without a '# --' description: {undocumented}"
     return rows
 
@@ -113,7 +88,16 @@ def test_every_values_yaml_key_is_documented_in_the_table():
 def test_readme_names_the_prerequisites_and_versions_the_chart_renders_for():
     section = readme_chart_section()
     rendered = render()
-    for needed in ("KubeRay", "1.7", "Karpenter", "Neuron device plugin", "ingress", "helm install", "helm upgrade", "helm uninstall"):
+    for needed in (
+        "KubeRay",
+        "1.7",
+        "Karpenter",
+        "Neuron device plugin",
+        "ingress",
+        "helm install",
+        "helm upgrade",
+        "helm uninstall",
+    ):
         assert needed in section, needed
     assert rendered.rayservice["spec"]["rayClusterConfig"]["rayVersion"] in section
     assert "karpenter.sh/nodepool" in section and "aws.amazon.com/neuron" in section

@@ -21,7 +21,10 @@ def test_renders_no_fault_tolerance_by_default_and_notes_say_what_a_head_loss_co
     rendered = render()
     assert options(rendered) is None
     assert "WARNING: no GCS fault tolerance" in rendered.notes
-    assert "--set rayCluster.faultTolerance.mode=redis,rayCluster.faultTolerance.redis.address=<host:6379>" in rendered.notes
+    assert (
+        "--set rayCluster.faultTolerance.mode=redis,rayCluster.faultTolerance.redis.address=<host:6379>"
+        in rendered.notes
+    )
 
 
 def test_redis_takes_the_password_from_an_existing_secret_and_leaves_the_namespace_to_kuberay():

@@ -14,9 +14,14 @@ from tests.support.dashboard import dashboard_from_rendered, panel_queries
 
 DASHBOARD_ON = {"monitoring": {"grafanaDashboard": {"enabled": True}}}
 #: Metrics of Ray and Serve 2.60 the dashboard and alerts read (each seen on a live /metrics by the live test).
-RAY_METRICS = {"ray_serve_num_http_requests_total", "ray_serve_http_request_latency_ms_bucket",
-               "ray_serve_deployment_queued_queries", "ray_serve_replica_processing_queries",
-               "ray_serve_deployment_replica_healthy", "ray_node_cpu_count"}
+RAY_METRICS = {
+    "ray_serve_num_http_requests_total",
+    "ray_serve_http_request_latency_ms_bucket",
+    "ray_serve_deployment_queued_queries",
+    "ray_serve_replica_processing_queries",
+    "ray_serve_deployment_replica_healthy",
+    "ray_node_cpu_count",
+}
 #: neuron-monitor's Prometheus exporter (neuron-monitor-prometheus.py), when it runs on the nodes.
 NEURON_METRICS = {"neuroncore_utilization_ratio"}
 _METRIC_NAME = re.compile(r"\b((?:ray|neuroncore)_[a-z_]+)\b")
@@ -51,9 +56,16 @@ def test_the_dashboard_configmap_carries_the_sidecars_label_and_one_json_file():
 
 def test_the_sidecar_label_annotations_and_namespace_are_configurable():
     # Helm merges maps with the default: null removes the default label.
-    values = {"monitoring": {"grafanaDashboard": {"enabled": True, "labels": {"grafana_dashboard": None, "dashboards": "sdxl"},
-                                                  "annotations": {"grafana_folder": "Inference"},
-                                                  "namespace": "monitoring"}}}
+    values = {
+        "monitoring": {
+            "grafanaDashboard": {
+                "enabled": True,
+                "labels": {"grafana_dashboard": None, "dashboards": "sdxl"},
+                "annotations": {"grafana_folder": "Inference"},
+                "namespace": "monitoring",
+            }
+        }
+    }
     metadata = render(values).one("ConfigMap")["metadata"]
     assert metadata["labels"]["dashboards"] == "sdxl" and "grafana_dashboard" not in metadata["labels"]
     assert metadata["annotations"] == {"grafana_folder": "Inference"}
@@ -61,11 +73,11 @@ def test_the_sidecar_label_annotations_and_namespace_are_configurable():
 
 
 def test_the_chart_fills_in_the_release_namespace_instance_type_and_a_unique_uid():
-    one = dashboard_from_rendered(render({**DASHBOARD_ON, "workers": {"instanceType": "inf2.24xlarge"},
-                                          "replicas": 6}))
+    one = dashboard_from_rendered(render({**DASHBOARD_ON, "workers": {"instanceType": "inf2.24xlarge"}, "replicas": 6}))
     other = dashboard_from_rendered(render({**DASHBOARD_ON, "namespace": {"name": "images"}}))
-    constants = {variable["name"]: variable["query"] for variable in one["templating"]["list"]
-                 if variable["type"] == "constant"}
+    constants = {
+        variable["name"]: variable["query"] for variable in one["templating"]["list"] if variable["type"] == "constant"
+    }
     assert constants == {"namespace": "sdxl", "instance_type": "inf2.24xlarge"}
     assert one["uid"] != other["uid"] and len(one["uid"]) <= 40
     assert 'namespace="images"' in panel_queries(other, "5m")[0].expr
@@ -83,14 +95,25 @@ def test_the_packaged_dashboard_is_importable_as_it_is():
 
 def test_the_dashboard_covers_what_an_operator_asks():
     titles = {panel["title"] for panel in dashboard_from_rendered(render(DASHBOARD_ON))["panels"]}
-    assert {"Throughput", "Latency percentiles", "Queue wait in the replica", "Batch fill", "Errors by code",
-            "Replicas", "Ray nodes", "NeuronCore utilization", "Pipeline call seconds"} <= titles
+    assert {
+        "Throughput",
+        "Latency percentiles",
+        "Queue wait in the replica",
+        "Batch fill",
+        "Errors by code",
+        "Replicas",
+        "Ray nodes",
+        "NeuronCore utilization",
+        "Pipeline call seconds",
+    } <= titles
 
 
 def test_dashboard_and_rules_read_only_metrics_that_exist():
     rendered = render({"monitoring": {"grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True}}})
     expressions = [query.expr for query in panel_queries(dashboard_from_rendered(rendered), "5m")]
-    expressions += [rule["expr"] for group in rendered.one("PrometheusRule")["spec"]["groups"] for rule in group["rules"]]
+    expressions += [
+        rule["expr"] for group in rendered.one("PrometheusRule")["spec"]["groups"] for rule in group["rules"]
+    ]
     used = {name for expr in expressions for name in _METRIC_NAME.findall(expr)}
     unknown = used - exported_names() - RAY_METRICS - NEURON_METRICS
     assert not unknown, unknown

@@ -39,8 +39,10 @@ def test_notes_print_helm_test_upgrade_and_a_local_only_dashboard_command():
     assert "helm upgrade sdxl ./chart -n sdxl --reset-then-reuse-values --set replicas=N" in notes
     assert "--reuse-values" not in notes.replace("--reset-then-reuse-values", "")
     assert "kubectl -n sdxl port-forward svc/sdxl-head-svc 8265:8265" in notes
-    pinned_and_tolerant = {"model": {"revision": "0123abc"},
-                           "rayCluster": {"faultTolerance": {"mode": "redis", "redis": {"address": "redis:6379"}}}}
+    pinned_and_tolerant = {
+        "model": {"revision": "0123abc"},
+        "rayCluster": {"faultTolerance": {"mode": "redis", "redis": {"address": "redis:6379"}}},
+    }
     assert "WARNING" not in render(pinned_and_tolerant).notes
 
 
@@ -59,12 +61,18 @@ def test_notes_show_the_ui_port_forward_url_when_the_ui_is_enabled():
 
 def test_notes_show_how_to_send_the_api_key():
     notes = render({"apiKey": {"existingSecret": "sdxl-key"}}).notes
-    assert "Authorization: Bearer $(kubectl -n sdxl get secret sdxl-key -o jsonpath='{.data.api-key}' | base64 -d)" in notes
+    assert (
+        "Authorization: Bearer $(kubectl -n sdxl get secret sdxl-key -o jsonpath='{.data.api-key}' | base64 -d)"
+        in notes
+    )
 
 
 def test_notes_warn_while_the_image_repository_is_the_unpushed_local_name():
     assert "Build image/Dockerfile, push it" in render().notes
-    assert "Build image/Dockerfile" not in render({"image": {"repository": "123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2"}}).notes
+    assert (
+        "Build image/Dockerfile"
+        not in render({"image": {"repository": "123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2"}}).notes
+    )
 
 
 def test_notes_warn_that_a_public_ui_spends_a_shared_api_key():
@@ -76,8 +84,9 @@ def test_notes_warn_that_a_public_ui_spends_a_shared_api_key():
 
 
 PATCH = (
-    "kubectl -n sdxl patch raycluster $(kubectl -n sdxl get rayservice sdxl -o jsonpath='{.status.activeServiceStatus.rayClusterName}') "
-    "--type json -p '[{\"op\":\"replace\",\"path\":\"/spec/workerGroupSpecs/0/maxReplicas\",\"value\":M}]'"
+    "kubectl -n sdxl patch raycluster "
+    "$(kubectl -n sdxl get rayservice sdxl -o jsonpath='{.status.activeServiceStatus.rayClusterName}') "
+    '--type json -p \'[{"op":"replace","path":"/spec/workerGroupSpecs/0/maxReplicas","value":M}]\''
 )
 
 
@@ -107,7 +116,8 @@ def test_notes_give_the_exact_command_that_prints_the_ray_token():
     # KubeRay names the token Secret after the RayCluster (raycluster_controller.go) with key auth_token.
     notes = render().notes
     assert (
-        "kubectl -n sdxl get secret $(kubectl -n sdxl get rayservice sdxl -o jsonpath='{.status.activeServiceStatus.rayClusterName}')"
+        "kubectl -n sdxl get secret "
+        "$(kubectl -n sdxl get rayservice sdxl -o jsonpath='{.status.activeServiceStatus.rayClusterName}')"
         " -o jsonpath='{.data.auth_token}' | base64 -d"
     ) in notes
     assert "auth_token" not in render({"rayCluster": {"authMode": "disabled"}}).notes
@@ -131,7 +141,9 @@ def test_notes_warn_loudly_when_expiry_would_take_the_only_inf2_node_down():
     expiring = render({"karpenter": {**karpenter, "expireAfter": "720h"}}).notes
     assert "WARNING: karpenter.expireAfter=720h" in expiring
     assert "a full outage every 720h" in expiring
-    spread = render({"karpenter": {**karpenter, "expireAfter": "720h", "surgeNodes": 2}, "workers": {"maxNodes": 2}, "replicas": 24}).notes
+    spread = render(
+        {"karpenter": {**karpenter, "expireAfter": "720h", "surgeNodes": 2}, "workers": {"maxNodes": 2}, "replicas": 24}
+    ).notes
     assert "WARNING: karpenter.expireAfter=720h" in spread and "full outage" not in spread
     assert "karpenter.expireAfter" not in render({"karpenter": karpenter}).notes
 

@@ -58,7 +58,9 @@ def test_alb_scenario_uses_the_alb_class_with_ip_targets_host_and_acm_tls():
 
 
 def test_nginx_tls_names_the_certificate_secret():
-    ingress = render({"ingress": {"host": "sdxl.example.com", "tls": {"enabled": True, "secretName": "sdxl-tls"}}}).one("Ingress")
+    ingress = render({"ingress": {"host": "sdxl.example.com", "tls": {"enabled": True, "secretName": "sdxl-tls"}}}).one(
+        "Ingress"
+    )
     assert ingress["spec"]["tls"] == [{"hosts": ["sdxl.example.com"], "secretName": "sdxl-tls"}]
 
 
@@ -77,8 +79,12 @@ def test_dashboard_ingress_is_opt_in_on_its_own_host_with_a_loud_warning():
 
 
 def test_dashboard_ingress_terminates_tls_when_given_a_certificate():
-    rendered = render({"dashboard": {"ingress": {"enabled": True, "host": "ray.example.com", "tlsSecretName": "ray-tls"}}})
-    assert rendered.one("Ingress", "sdxl-dashboard")["spec"]["tls"] == [{"hosts": ["ray.example.com"], "secretName": "ray-tls"}]
+    rendered = render(
+        {"dashboard": {"ingress": {"enabled": True, "host": "ray.example.com", "tlsSecretName": "ray-tls"}}}
+    )
+    assert rendered.one("Ingress", "sdxl-dashboard")["spec"]["tls"] == [
+        {"hosts": ["ray.example.com"], "secretName": "ray-tls"}
+    ]
     assert "EXPOSED at https://ray.example.com/" in rendered.notes and "plain HTTP" not in rendered.notes
 
 
@@ -201,14 +207,24 @@ def test_helm_test_image_can_be_pinned_by_digest():
 
 def test_karpenter_limits_follow_surge_nodes_and_expiry_can_be_turned_off():
     karpenter = {"create": True, "clusterName": "c", "nodeRole": "r", "surgeNodes": 2, "expireAfter": "Never"}
-    pool = render({"karpenter": karpenter, "workers": {"instanceType": "inf2.24xlarge", "maxNodes": 3}, "replicas": 6}).one("NodePool")
+    pool = render(
+        {"karpenter": karpenter, "workers": {"instanceType": "inf2.24xlarge", "maxNodes": 3}, "replicas": 6}
+    ).one("NodePool")
     assert pool["spec"]["limits"] == {"cpu": str(96 * 5), "memory": f"{384 * 5}Gi"}
     assert pool["spec"]["template"]["spec"]["expireAfter"] == "Never"
 
 
 def test_ray_containers_run_the_pinned_digest_when_one_is_given():
     digest = "sha256:" + "b" * 64
-    rendered = render({"image": {"repository": "123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2", "tag": "0.2.0", "digest": digest}})
+    rendered = render(
+        {
+            "image": {
+                "repository": "123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2",
+                "tag": "0.2.0",
+                "digest": digest,
+            }
+        }
+    )
     expected = f"123456789012.dkr.ecr.us-west-2.amazonaws.com/sdxl-inf2@{digest}"
     assert rendered.head_container["image"] == rendered.worker_container["image"] == expected
     assert render().worker_container["image"] == "sdxl-inf2:0.1.0"
@@ -244,9 +260,12 @@ def test_two_releases_render_different_karpenter_nodepools():
     first = render(karpenter, name="sdxl").one("NodePool")["metadata"]["name"]
     second = render(karpenter, name="sdxl-canary").one("NodePool")["metadata"]["name"]
     assert first != second
-    assert render({"workers": {"nodePool": "shared-inf2"}}).worker_group["template"]["spec"]["nodeSelector"][
-        "karpenter.sh/nodepool"
-    ] == "shared-inf2"  # without karpenter.create the NodePool is the user's, used by name
+    assert (
+        render({"workers": {"nodePool": "shared-inf2"}}).worker_group["template"]["spec"]["nodeSelector"][
+            "karpenter.sh/nodepool"
+        ]
+        == "shared-inf2"
+    )  # without karpenter.create the NodePool is the user's, used by name
 
 
 def test_disruption_budgets_are_passed_to_the_nodepool_or_left_to_karpenter_when_empty():
@@ -254,8 +273,13 @@ def test_disruption_budgets_are_passed_to_the_nodepool_or_left_to_karpenter_when
     karpenter = {"create": True, "clusterName": "c", "nodeRole": "r"}
     pool = render({"karpenter": {**karpenter, "disruptionBudgets": window}}).one("NodePool")
     assert pool["spec"]["disruption"]["budgets"] == window
-    assert "budgets" not in render({"karpenter": {**karpenter, "disruptionBudgets": []}}).one("NodePool")["spec"]["disruption"]
-    assert "duration" in render_error({"karpenter": {**karpenter, "disruptionBudgets": [{"nodes": "1", "schedule": "@daily"}]}})
+    assert (
+        "budgets"
+        not in render({"karpenter": {**karpenter, "disruptionBudgets": []}}).one("NodePool")["spec"]["disruption"]
+    )
+    assert "duration" in render_error(
+        {"karpenter": {**karpenter, "disruptionBudgets": [{"nodes": "1", "schedule": "@daily"}]}}
+    )
 
 
 def matches(selector: dict, labels: dict) -> bool:
@@ -269,7 +293,10 @@ def matches(selector: dict, labels: dict) -> bool:
 
 
 def ray_pod_labels(rendered) -> list[dict]:
-    return [rendered.head_group["template"]["metadata"]["labels"], rendered.worker_group["template"]["metadata"]["labels"]]
+    return [
+        rendered.head_group["template"]["metadata"]["labels"],
+        rendered.worker_group["template"]["metadata"]["labels"],
+    ]
 
 
 def test_pod_monitor_selects_the_ray_pods_metrics_port():
@@ -301,7 +328,9 @@ def test_network_policy_keeps_ray_internal_ports_to_the_clusters_own_pods():
     unrestricted = [rule for rule in rules if "ports" not in rule]
     assert len(unrestricted) == 1
     assert all(
-        "podSelector" in peer and "namespaceSelector" not in peer and matches(peer["podSelector"], ray_pod_labels(rendered)[1])
+        "podSelector" in peer
+        and "namespaceSelector" not in peer
+        and matches(peer["podSelector"], ray_pod_labels(rendered)[1])
         for peer in unrestricted[0]["from"]
     )
     assert not matches(unrestricted[0]["from"][0]["podSelector"], rendered.one("Pod")["metadata"]["labels"])
@@ -310,14 +339,22 @@ def test_network_policy_keeps_ray_internal_ports_to_the_clusters_own_pods():
         if ports & RAY_INTERNAL_PORTS:
             # Only the KubeRay operator, and only the dashboard (it deploys serveConfigV2 through it).
             assert ports & RAY_INTERNAL_PORTS == {8265}
-            assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-operator"}}}]
+            assert rule["from"] == [
+                {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-operator"}}}
+            ]
     serve_rule = next(rule for rule in rules if [p["port"] for p in rule.get("ports", [])] == [8000])
-    assert serve_rule["from"][0] == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    assert serve_rule["from"][0] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}
+    }
     # helm test still reaches Serve when the sources are restricted.
-    assert any(matches(peer["podSelector"], rendered.one("Pod")["metadata"]["labels"]) for peer in serve_rule["from"][1:])
+    assert any(
+        matches(peer["podSelector"], rendered.one("Pod")["metadata"]["labels"]) for peer in serve_rule["from"][1:]
+    )
 
 
 def test_network_policy_leaves_serve_open_to_any_source_when_no_peers_are_given():
     policy = render({"networkPolicy": {"enabled": True}}).one("NetworkPolicy")
-    serve_rule = next(rule for rule in policy["spec"]["ingress"] if [p["port"] for p in rule.get("ports", [])] == [8000])
+    serve_rule = next(
+        rule for rule in policy["spec"]["ingress"] if [p["port"] for p in rule.get("ports", [])] == [8000]
+    )
     assert "from" not in serve_rule

@@ -80,7 +80,9 @@ def test_replicas_per_node_is_node_cores_divided_by_cores_per_replica(
     }
     full_node = render({**values, "replicas": replicas_per_node})
     assert full_node.advertised_resources() == {"neuron_cores": node_cores}
-    assert full_node.worker_group["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"] == instance_type
+    assert (
+        full_node.worker_group["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"] == instance_type
+    )
     assert f"{replicas_per_node} per node" in full_node.notes
     # One replica more than a node holds needs a second node, which maxNodes=1 forbids.
     from tests.chart.chartlib import render_error
@@ -99,8 +101,11 @@ def kuberay_ray_start_resources(group_resources: dict) -> str:
     (common/pod.go updateRayStartParamsResources: quantities as floats, json.Marshal, wrapped in '...')."""
     import json
 
-    custom = {name: float(quantity) for name, quantity in group_resources.items()
-              if name.lower() not in ("cpu", "memory") and not name.lower().endswith("gpu")}
+    custom = {
+        name: float(quantity)
+        for name, quantity in group_resources.items()
+        if name.lower() not in ("cpu", "memory") and not name.lower().endswith("gpu")
+    }
     # Go's json.Marshal writes a whole float64 without a fraction (24, not 24.0).
     custom = {name: int(value) if value.is_integer() else value for name, value in custom.items()}
     return "'" + json.dumps(custom, separators=(",", ":"), sort_keys=True) + "'"
@@ -125,7 +130,9 @@ def test_every_parser_on_the_way_to_ray_start_reads_the_same_neuron_cores(scenar
     assert json.loads(written.strip("'\"` ")) == {"neuron_cores": node_cores}
     # convertParamMap emits --resources=<value>; bash removes the quotes; `ray start` parses JSON.
     (argument,) = shlex.split(f"--resources={written}")
-    quiet = SimpleNamespace(error=lambda *a, **k: None, abort=lambda *a, **k: pytest.fail(f"ray start rejects {argument}"))
+    quiet = SimpleNamespace(
+        error=lambda *a, **k: None, abort=lambda *a, **k: pytest.fail(f"ray start rejects {argument}")
+    )
     assert parse_resources_json(argument.removeprefix("--resources="), quiet, SimpleNamespace(bold=str)) == {
         "neuron_cores": node_cores
     }
@@ -285,8 +292,12 @@ def test_by_default_the_ui_of_a_keyed_api_holds_no_key_so_visitors_bring_theirs(
 
 
 def test_api_key_comes_from_an_existing_secret_into_the_ray_containers_and_app_args():
-    rendered = render({"apiKey": {"existingSecret": "sdxl-key", "secretKey": "token", "envName": "MY_KEY"},
-                       "ui": {"enabled": True, "shareApiKey": True}})
+    rendered = render(
+        {
+            "apiKey": {"existingSecret": "sdxl-key", "secretKey": "token", "envName": "MY_KEY"},
+            "ui": {"enabled": True, "shareApiKey": True},
+        }
+    )
     assert rendered.application()["args"]["api_key_env"] == "MY_KEY"
     assert rendered.application("ui")["args"]["api_key_env"] == "MY_KEY"
     assert "WARNING: ui.shareApiKey=true" in rendered.notes

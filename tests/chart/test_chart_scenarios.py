@@ -106,8 +106,13 @@ def run_helm(*args: str, tmp_path) -> str:
     """Run the real helm offline, with its config, cache and data kept out of $HOME."""
     import os
 
-    env = {**os.environ, "HELM_CONFIG_HOME": str(tmp_path / "config"), "HELM_CACHE_HOME": str(tmp_path / "cache"),
-           "HELM_DATA_HOME": str(tmp_path / "data"), "KUBECONFIG": str(tmp_path / "no-kubeconfig")}
+    env = {
+        **os.environ,
+        "HELM_CONFIG_HOME": str(tmp_path / "config"),
+        "HELM_CACHE_HOME": str(tmp_path / "cache"),
+        "HELM_DATA_HOME": str(tmp_path / "data"),
+        "KUBECONFIG": str(tmp_path / "no-kubeconfig"),
+    }
     result = subprocess.run([helm_binary(), *args], capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -133,8 +138,17 @@ def test_helm_binary_lints_the_scenario_strictly(scenario, tmp_path):
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_helm_install_dry_run_prints_the_notes_the_tests_check(scenario, tmp_path):
     values_file = SCENARIO_DIR / f"{scenario}-values.yaml"
-    stdout = run_helm("install", RELEASE, str(CHART_DIR), "-n", NAMESPACE, "-f", str(values_file), "--dry-run=client",
-                      tmp_path=tmp_path)
+    stdout = run_helm(
+        "install",
+        RELEASE,
+        str(CHART_DIR),
+        "-n",
+        NAMESPACE,
+        "-f",
+        str(values_file),
+        "--dry-run=client",
+        tmp_path=tmp_path,
+    )
     printed = stdout.split("NOTES:\n", 1)[1]
     assert printed.strip() == render(scenario=scenario).notes.strip()
 

@@ -4,20 +4,14 @@ and the app refuse the same values."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 
 from app.config import InvalidAppArgs, parse_app_args
-from tests.chart.chartlib import CHART_DIR, REPO_ROOT, render, render_error, set_values
+from tests.chart.chartlib import CHART_DIR, render, render_error, set_values, values_schema_generator
 
-
-def generator():
-    spec = importlib.util.spec_from_file_location("values_schema", REPO_ROOT / "ci" / "values_schema.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+generator = values_schema_generator
 
 
 def test_the_committed_schema_is_the_generated_one():
@@ -48,13 +42,29 @@ def test_app_argument_bounds_come_from_the_app():
 
 # A distinct valid value for each key of the generator's key map, to find it in the rendered args.
 DISTINCT = {
-    "model.id": "my-org/sdxl", "model.revision": "abc", "model.backend": "cuda", "model.imageSizes": ["1016x768"],
-    "model.batchSize": 3, "model.batchWaitTimeoutS": 0.7, "model.warmup": False, "neuronCoresPerReplica": 4,
-    "generation.defaultSteps": 11, "generation.maxSteps": 33, "generation.defaultGuidanceScale": 4.5,
-    "generation.maxGuidanceScale": 11.5, "generation.maxPromptChars": 345, "generation.maxImagesPerRequest": 5,
-    "generation.maxBodyBytes": 23456, "generation.defaultOutputFormat": "webp", "generation.pngCompressLevel": 7,
-    "generation.jpegQuality": 66, "generation.webpQuality": 77, "apiKey.envName": "OTHER_KEY",
-    "generation.defaultStrength": 0.55, "generation.maxUploadBytes": 3000000, "generation.maxUploadPixels": 5000000,
+    "model.id": "my-org/sdxl",
+    "model.revision": "abc",
+    "model.backend": "cuda",
+    "model.imageSizes": ["1016x768"],
+    "model.batchSize": 3,
+    "model.batchWaitTimeoutS": 0.7,
+    "model.warmup": False,
+    "neuronCoresPerReplica": 4,
+    "generation.defaultSteps": 11,
+    "generation.maxSteps": 33,
+    "generation.defaultGuidanceScale": 4.5,
+    "generation.maxGuidanceScale": 11.5,
+    "generation.maxPromptChars": 345,
+    "generation.maxImagesPerRequest": 5,
+    "generation.maxBodyBytes": 23456,
+    "generation.defaultOutputFormat": "webp",
+    "generation.pngCompressLevel": 7,
+    "generation.jpegQuality": 66,
+    "generation.webpQuality": 77,
+    "apiKey.envName": "OTHER_KEY",
+    "generation.defaultStrength": 0.55,
+    "generation.maxUploadBytes": 3000000,
+    "generation.maxUploadPixels": 5000000,
     "monitoring.logPrompts": True,
 }
 

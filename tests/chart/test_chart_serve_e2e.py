@@ -97,6 +97,7 @@ def serve_on_a_rendered_node(rendered):
     )
     try:
         dashboard = f"http://127.0.0.1:{dashboard_port}"
+
         # KubeRay's call: PUT the whole serveConfigV2 (as JSON) to the head's dashboard.
         def put(body: dict, headers: dict) -> httpx.Response:
             return httpx.put(f"{dashboard}/api/serve/applications/", json=body, headers=headers, timeout=30)
@@ -208,5 +209,7 @@ def test_helm_upgrade_of_replicas_rescales_serve_in_place(serve_on_a_rendered_no
         return deployment.replica_states == {"RUNNING": 1} and ray.available_resources().get("neuron_cores") == 1
 
     wait_for(scaled_down, 120, "Serve did not scale SDXLService to 1 replica")
-    response = httpx.get(f"{serve_on_a_rendered_node['base']}/imagine", params={"prompt": "after the upgrade"}, timeout=120)
+    response = httpx.get(
+        f"{serve_on_a_rendered_node['base']}/imagine", params={"prompt": "after the upgrade"}, timeout=120
+    )
     assert response.status_code == 200 and response.content[:8] == b"\x89PNG\r\n\x1a\n"

@@ -29,7 +29,9 @@ def hash_excluded(path: tuple) -> bool:
     if path[:3] == (*config, "workerGroupSpecs") and path[4] in AUTOSCALER_OWNED:
         return True
     in_head = path[:5] == (*config, "headGroupSpec", "template", "spec") and path[5] in POD_SCHEDULING
-    in_worker = path[:3] == (*config, "workerGroupSpecs") and path[4:6] == ("template", "spec") and path[6] in POD_SCHEDULING
+    in_worker = (
+        path[:3] == (*config, "workerGroupSpecs") and path[4:6] == ("template", "spec") and path[6] in POD_SCHEDULING
+    )
     return in_head or in_worker
 
 
@@ -171,7 +173,9 @@ def test_serve_level_values_leave_the_ray_cluster_spec_alone(expression):
     # Other objects may change (the UI adds an Ingress path); the Ray cluster must not be rebuilt.
     before, after = upgrade(expression)
     old, new = before.rayservice, after.rayservice
-    forbidden = [path for path in changed_paths(old, new) if path != ("spec", "serveConfigV2") and not hash_excluded(path)]
+    forbidden = [
+        path for path in changed_paths(old, new) if path != ("spec", "serveConfigV2") and not hash_excluded(path)
+    ]
     assert not forbidden
     assert before.serve_config != after.serve_config
 
@@ -193,4 +197,6 @@ def test_the_upgrade_strategy_is_explicit_and_can_be_turned_off():
     assert render().rayservice["spec"]["upgradeStrategy"] == {"type": "NewCluster"}
     assert render({"rayService": {"upgradeStrategy": "None"}}).rayservice["spec"]["upgradeStrategy"] == {"type": "None"}
     # Incremental upgrades route through a Gateway API HTTPRoute this chart does not use.
-    assert "/rayService/upgradeStrategy" in render_error({"rayService": {"upgradeStrategy": "NewClusterWithIncrementalUpgrade"}})
+    assert "/rayService/upgradeStrategy" in render_error(
+        {"rayService": {"upgradeStrategy": "NewClusterWithIncrementalUpgrade"}}
+    )

@@ -118,7 +118,9 @@ def test_chart_defaults_satisfy_the_schema():
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        pytest.param({"imageSizes": ["1024x1024", "1024x1024"]}, "items at 0 and 1 are equal", id="duplicate image size"),
+        pytest.param(
+            {"imageSizes": ["1024x1024", "1024x1024"]}, "items at 0 and 1 are equal", id="duplicate image size"
+        ),
         pytest.param({"huggingFaceToken": {"existingSecret": "Bad_Name"}}, "existingSecret", id="secret name"),
     ],
 )
@@ -182,13 +184,19 @@ FAIL_RULES = [
             "12 replicas each",
             "workers.maxNodes to at least 2",
             "replicas to at most 12",
-            "on a running release a new workers.maxNodes reaches the live RayCluster only through the kubectl patch NOTES.txt prints",
+            "on a running release a new workers.maxNodes reaches the live RayCluster "
+            "only through the kubectl patch NOTES.txt prints",
         ],
         id="replicas beyond max nodes",
     ),
     pytest.param(
         {"autoscaling": {"enabled": True, "maxReplicas": 30}, "workers": {"maxNodes": 2}},
-        ["autoscaling.maxReplicas=30 does not fit on workers.maxNodes=2", "at least 3", "at most 24", "kubectl patch NOTES.txt prints"],
+        [
+            "autoscaling.maxReplicas=30 does not fit on workers.maxNodes=2",
+            "at least 3",
+            "at most 24",
+            "kubectl patch NOTES.txt prints",
+        ],
         id="autoscaling max beyond max nodes",
     ),
     pytest.param(
@@ -202,12 +210,20 @@ FAIL_RULES = [
         id="min nodes above max nodes",
     ),
     pytest.param(
-        {"workers": {"instanceType": "inf2.xlarge", "headroom": {"cpu": 4}}, "replicas": 1, "serve": {"replicaCpus": 1, "replicaMemoryMiB": 1024}},
+        {
+            "workers": {"instanceType": "inf2.xlarge", "headroom": {"cpu": 4}},
+            "replicas": 1,
+            "serve": {"replicaCpus": 1, "replicaMemoryMiB": 1024},
+        },
         ["workers.headroom.cpu=4 leaves no vCPU of the 4 on inf2.xlarge"],
         id="cpu headroom eats the node",
     ),
     pytest.param(
-        {"workers": {"instanceType": "inf2.xlarge", "headroom": {"memoryPercent": 50, "memoryGiB": 8}}, "replicas": 1, "serve": {"replicaCpus": 1}},
+        {
+            "workers": {"instanceType": "inf2.xlarge", "headroom": {"memoryPercent": 50, "memoryGiB": 8}},
+            "replicas": 1,
+            "serve": {"replicaCpus": 1},
+        },
         ["workers.headroom leaves no memory of the 16 GiB on inf2.xlarge"],
         id="memory headroom eats the node",
     ),
@@ -258,11 +274,17 @@ FAIL_RULES = [
     ),
     pytest.param(
         {"ingress": {"host": "sdxl.example.com", "tls": {"enabled": True}}},
-        ["ingress.tls.enabled=true with ingress.className=nginx needs ingress.tls.secretName", "only ingress.className=alb does without one"],
+        [
+            "ingress.tls.enabled=true with ingress.className=nginx needs ingress.tls.secretName",
+            "only ingress.className=alb does without one",
+        ],
         id="tls without secret on nginx",
     ),
     pytest.param(
-        {"ingress": {"host": "sdxl.example.com"}, "dashboard": {"ingress": {"enabled": True, "host": "sdxl.example.com"}}},
+        {
+            "ingress": {"host": "sdxl.example.com"},
+            "dashboard": {"ingress": {"enabled": True, "host": "sdxl.example.com"}},
+        },
         ['dashboard.ingress.host="sdxl.example.com" equals ingress.host', "give the dashboard its own host name"],
         id="dashboard on the API host",
     ),
@@ -272,7 +294,10 @@ FAIL_RULES = [
         id="dashboard ingress without host",
     ),
     pytest.param(
-        {"dashboard": {"ingress": {"enabled": True, "host": "ray.example.com"}}, "ingress": {"enabled": False, "className": ""}},
+        {
+            "dashboard": {"ingress": {"enabled": True, "host": "ray.example.com"}},
+            "ingress": {"enabled": False, "className": ""},
+        },
         ["dashboard.ingress.enabled=true needs ingress.className"],
         id="dashboard ingress without class",
     ),
@@ -322,7 +347,11 @@ FAIL_RULES = [
         id="image size above 2048",
     ),
     pytest.param(
-        {"autoscaling": {"enabled": True, "maxReplicas": 48}, "workers": {"maxNodes": 4}, "rayCluster": {"enableInTreeAutoscaling": False}},
+        {
+            "autoscaling": {"enabled": True, "maxReplicas": 48},
+            "workers": {"maxNodes": 4},
+            "rayCluster": {"enableInTreeAutoscaling": False},
+        },
         [
             "autoscaling.maxReplicas=48 needs more than the 1 worker node(s) the cluster starts with (12 replicas)",
             "set rayCluster.enableInTreeAutoscaling=true or autoscaling.maxReplicas to at most 12",
@@ -331,7 +360,11 @@ FAIL_RULES = [
     ),
     pytest.param(
         {"networkPolicy": {"enabled": True}, "monitoring": {"podMonitor": {"enabled": True}}},
-        ["networkPolicy.enabled=true admits the metrics port 8080 only from networkPolicy.metricsFrom, which is empty", "list your Prometheus there"],
+        [
+            "networkPolicy.enabled=true admits the metrics port 8080 "
+            "only from networkPolicy.metricsFrom, which is empty",
+            "list your Prometheus there",
+        ],
         id="pod monitor blocked by the network policy",
     ),
     pytest.param(
@@ -342,7 +375,8 @@ FAIL_RULES = [
     pytest.param(
         {"model": {"download": False}},
         [
-            'model.download=false loads only what the image carries, but model.id="aws-neuron/stable-diffusion-xl-base-1-0-1024x1024" is a Hub id',
+            "model.download=false loads only what the image carries, "
+            'but model.id="aws-neuron/stable-diffusion-xl-base-1-0-1024x1024" is a Hub id',
             "/models/sdxl",
             "or set model.download=true",
         ],
@@ -355,7 +389,10 @@ FAIL_RULES = [
     ),
     pytest.param(
         {"workers": {"nodeSelector": {"node.kubernetes.io/instance-type": "inf2.24xlarge"}}},
-        ["workers.nodeSelector sets node.kubernetes.io/instance-type", "use workers.instanceType and workers.nodePool instead"],
+        [
+            "workers.nodeSelector sets node.kubernetes.io/instance-type",
+            "use workers.instanceType and workers.nodePool instead",
+        ],
         id="worker selector overriding the instance type",
     ),
     pytest.param(
@@ -374,8 +411,15 @@ FAIL_RULES = [
         id="name starting with a digit",
     ),
     pytest.param(
-        {"karpenter": {"create": True, "clusterName": "c", "nodeRole": "r"}, "replicas": 24, "workers": {"maxNodes": 2}},
-        ["karpenter.surgeNodes=1 leaves the NodePool no room for the 2 node(s) the second Ray cluster", "raise karpenter.surgeNodes to at least 2"],
+        {
+            "karpenter": {"create": True, "clusterName": "c", "nodeRole": "r"},
+            "replicas": 24,
+            "workers": {"maxNodes": 2},
+        },
+        [
+            "karpenter.surgeNodes=1 leaves the NodePool no room for the 2 node(s) the second Ray cluster",
+            "raise karpenter.surgeNodes to at least 2",
+        ],
         id="karpenter surge below the second cluster",
     ),
     pytest.param(
@@ -399,7 +443,10 @@ FAIL_RULES = [
         id="redis fault tolerance without a Redis",
     ),
     pytest.param(
-        {"rayCluster": {"faultTolerance": {"mode": "rocksdb"}}, "extraEnv": [{"name": "RAY_gcs_storage", "value": "x"}]},
+        {
+            "rayCluster": {"faultTolerance": {"mode": "rocksdb"}},
+            "extraEnv": [{"name": "RAY_gcs_storage", "value": "x"}],
+        },
         ["extraEnv sets RAY_gcs_storage, which KubeRay refuses next to gcsFaultToleranceOptions"],
         id="fault tolerance set twice",
     ),
@@ -418,20 +465,31 @@ def test_every_fail_rule_in_validate_yaml_has_a_test():
 
     source = (CHART_DIR / "templates" / "validate.yaml").read_text()
     # The longest literal piece of each rule's message (between printf placeholders).
-    openings = [max(re.split(r"%[a-z]", text), key=len) for text in re.findall(r'fail (?:\(printf )?"((?:[^"\\]|\\.)*)"', source)]
+    openings = [
+        max(re.split(r"%[a-z]", text), key=len)
+        for text in re.findall(r'fail (?:\(printf )?"((?:[^"\\]|\\.)*)"', source)
+    ]
     assert len(openings) == source.count("fail ")
     messages = [render_error(case.values[0]) for case in FAIL_RULES]
-    untested = [opening for opening in openings if not any(opening.replace('\\"', '"') in message for message in messages)]
+    untested = [
+        opening for opening in openings if not any(opening.replace('\\"', '"') in message for message in messages)
+    ]
     assert not untested
 
 
 def test_valid_edges_of_the_new_rules_render():
     # Each rule refuses only what it names: these neighbours of the refused values are fine.
-    assert render({"model": {"backend": "cpu", "imageSizes": ["64x2048", "1016x768"]}}).application()["args"]["image_sizes"] == ["64x2048", "1016x768"]
-    assert render({"model": {"download": False, "id": "/models/sdxl"}}).application()["args"]["model_id"] == "/models/sdxl"
+    assert render({"model": {"backend": "cpu", "imageSizes": ["64x2048", "1016x768"]}}).application()["args"][
+        "image_sizes"
+    ] == ["64x2048", "1016x768"]
+    assert (
+        render({"model": {"download": False, "id": "/models/sdxl"}}).application()["args"]["model_id"] == "/models/sdxl"
+    )
     assert render({"model": {"download": False, "id": "embedded"}}).application()["args"]["model_id"] == "embedded"
     # Serve autoscaling within the nodes the cluster starts with needs no Ray autoscaler.
-    fixed = render({"autoscaling": {"enabled": True, "maxReplicas": 12}, "rayCluster": {"enableInTreeAutoscaling": False}})
+    fixed = render(
+        {"autoscaling": {"enabled": True, "maxReplicas": 12}, "rayCluster": {"enableInTreeAutoscaling": False}}
+    )
     assert fixed.rayservice["spec"]["rayClusterConfig"]["enableInTreeAutoscaling"] is False
     # The head's instance type is not derived by the chart, so pinning it is allowed.
     head = render({"head": {"nodeSelector": {"node.kubernetes.io/instance-type": "m7i.2xlarge"}}})

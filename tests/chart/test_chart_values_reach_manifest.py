@@ -33,9 +33,18 @@ def cluster(rendered) -> dict:
     return rendered.rayservice["spec"]["rayClusterConfig"]
 
 
-AUTOSCALING = {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 20, "targetOngoingRequests": 3,
-                               "upscaleDelayS": 7, "downscaleDelayS": 456, "initialReplicas": 5},
-               "workers": {"maxNodes": 2}}
+AUTOSCALING = {
+    "autoscaling": {
+        "enabled": True,
+        "minReplicas": 2,
+        "maxReplicas": 20,
+        "targetOngoingRequests": 3,
+        "upscaleDelayS": 7,
+        "downscaleDelayS": 456,
+        "initialReplicas": 5,
+    },
+    "workers": {"maxNodes": 2},
+}
 
 #: (values, where to look, the field, what it must equal)
 SERVE_CONFIG = [
@@ -47,8 +56,12 @@ SERVE_CONFIG = [
     ({"serve": {"healthCheckTimeoutS": 19}}, deployment, "health_check_timeout_s", 19),
     ({"serve": {"replicaCpus": 3}}, lambda r: deployment(r)["ray_actor_options"], "num_cpus", 3),
     ({"serve": {"replicaMemoryMiB": 2048}}, lambda r: deployment(r)["ray_actor_options"], "memory", 2048 * 2**20),
-    ({"neuronCoresPerReplica": 4, "replicas": 6}, lambda r: deployment(r)["ray_actor_options"]["resources"],
-     "neuron_cores", 4),
+    (
+        {"neuronCoresPerReplica": 4, "replicas": 6},
+        lambda r: deployment(r)["ray_actor_options"]["resources"],
+        "neuron_cores",
+        4,
+    ),
     ({"replicas": 5}, deployment, "num_replicas", 5),
     (AUTOSCALING, autoscaling, "min_replicas", 2),
     (AUTOSCALING, autoscaling, "max_replicas", 20),
@@ -57,10 +70,18 @@ SERVE_CONFIG = [
     (AUTOSCALING, autoscaling, "downscale_delay_s", 456),
     (AUTOSCALING, autoscaling, "initial_replicas", 5),
     ({"serve": {"requestTimeoutS": 77}}, lambda r: r.serve_config["http_options"], "request_timeout_s", 77),
-    ({"ui": {"enabled": True, "numCpus": 0.25}},
-     lambda r: r.application("ui")["deployments"][0]["ray_actor_options"], "num_cpus", 0.25),
-    ({"ui": {"enabled": True, "apiUrl": "http://127.0.0.1:8000/api"}}, lambda r: r.application("ui")["args"],
-     "api_url", "http://127.0.0.1:8000/api"),
+    (
+        {"ui": {"enabled": True, "numCpus": 0.25}},
+        lambda r: r.application("ui")["deployments"][0]["ray_actor_options"],
+        "num_cpus",
+        0.25,
+    ),
+    (
+        {"ui": {"enabled": True, "apiUrl": "http://127.0.0.1:8000/api"}},
+        lambda r: r.application("ui")["args"],
+        "api_url",
+        "http://127.0.0.1:8000/api",
+    ),
 ]
 
 APP_ARGS = [
@@ -91,9 +112,16 @@ APP_ARGS = [
 ]
 
 # inf2.24xlarge: 12 NeuronCores, 6 devices, 96 vCPU, 384 GiB (EC2), written here independently of the chart.
-INF2_24 = {"workers": {"instanceType": "inf2.24xlarge", "maxNodes": 3, "minNodes": 2,
-                       "headroom": {"cpu": 6, "memoryPercent": 20, "memoryGiB": 8}},
-           "replicas": 12, "serve": {"replicaCpus": 4, "replicaMemoryMiB": 4096}}
+INF2_24 = {
+    "workers": {
+        "instanceType": "inf2.24xlarge",
+        "maxNodes": 3,
+        "minNodes": 2,
+        "headroom": {"cpu": 6, "memoryPercent": 20, "memoryGiB": 8},
+    },
+    "replicas": 12,
+    "serve": {"replicaCpus": 4, "replicaMemoryMiB": 4096},
+}
 INF2_24_MEMORY_MIB = 384 * 1024 * 80 // 100 - 8 * 1024
 
 WORKER_GROUP = [
@@ -105,27 +133,59 @@ WORKER_GROUP = [
     (INF2_24, lambda r: worker_container(r)["resources"]["limits"], "cpu", "90"),
     (INF2_24, lambda r: worker_container(r)["resources"]["requests"], "memory", f"{INF2_24_MEMORY_MIB}Mi"),
     (INF2_24, lambda r: worker_container(r)["resources"]["limits"], "aws.amazon.com/neuroncore", "12"),
-    ({**INF2_24, "workers": {**INF2_24["workers"], "neuronResource": "aws.amazon.com/neuron"}},
-     lambda r: worker_container(r)["resources"]["limits"], "aws.amazon.com/neuron", "6"),
-    (INF2_24, lambda r: worker(r)["template"]["spec"]["nodeSelector"], "node.kubernetes.io/instance-type",
-     "inf2.24xlarge"),
-    ({"workers": {"nodePool": "neuron"}}, lambda r: worker(r)["template"]["spec"]["nodeSelector"],
-     "karpenter.sh/nodepool", "neuron"),
-    ({"workers": {"nodeSelector": {"topology.kubernetes.io/zone": "us-west-2a"}}},
-     lambda r: worker(r)["template"]["spec"]["nodeSelector"], "topology.kubernetes.io/zone", "us-west-2a"),
+    (
+        {**INF2_24, "workers": {**INF2_24["workers"], "neuronResource": "aws.amazon.com/neuron"}},
+        lambda r: worker_container(r)["resources"]["limits"],
+        "aws.amazon.com/neuron",
+        "6",
+    ),
+    (
+        INF2_24,
+        lambda r: worker(r)["template"]["spec"]["nodeSelector"],
+        "node.kubernetes.io/instance-type",
+        "inf2.24xlarge",
+    ),
+    (
+        {"workers": {"nodePool": "neuron"}},
+        lambda r: worker(r)["template"]["spec"]["nodeSelector"],
+        "karpenter.sh/nodepool",
+        "neuron",
+    ),
+    (
+        {"workers": {"nodeSelector": {"topology.kubernetes.io/zone": "us-west-2a"}}},
+        lambda r: worker(r)["template"]["spec"]["nodeSelector"],
+        "topology.kubernetes.io/zone",
+        "us-west-2a",
+    ),
     ({"workers": {"idleTimeoutSeconds": 321}}, lambda r: cluster(r)["autoscalerOptions"], "idleTimeoutSeconds", 321),
-    ({"rayCluster": {"upscalingMode": "Conservative"}}, lambda r: cluster(r)["autoscalerOptions"], "upscalingMode",
-     "Conservative"),
+    (
+        {"rayCluster": {"upscalingMode": "Conservative"}},
+        lambda r: cluster(r)["autoscalerOptions"],
+        "upscalingMode",
+        "Conservative",
+    ),
     ({"rayCluster": {"enableInTreeAutoscaling": False}}, cluster, "enableInTreeAutoscaling", False),
     ({"rayCluster": {"authMode": "disabled"}}, lambda r: cluster(r)["authOptions"], "mode", "disabled"),
-    ({"head": {"nodePool": "system"}}, lambda r: r.head_group["template"]["spec"]["nodeSelector"],
-     "karpenter.sh/nodepool", "system"),
-    ({"head": {"resources": {"requests": {"cpu": "3", "memory": "6Gi"}, "limits": {"cpu": "5", "memory": "6Gi"}}}},
-     lambda r: r.head_container["resources"]["limits"], "cpu", "5"),
+    (
+        {"head": {"nodePool": "system"}},
+        lambda r: r.head_group["template"]["spec"]["nodeSelector"],
+        "karpenter.sh/nodepool",
+        "system",
+    ),
+    (
+        {"head": {"resources": {"requests": {"cpu": "3", "memory": "6Gi"}, "limits": {"cpu": "5", "memory": "6Gi"}}}},
+        lambda r: r.head_container["resources"]["limits"],
+        "cpu",
+        "5",
+    ),
     ({"image": {"repository": "example.com/sdxl", "tag": "9.9"}}, worker_container, "image", "example.com/sdxl:9.9"),
     ({"image": {"pullPolicy": "Always"}}, worker_container, "imagePullPolicy", "Always"),
-    ({"volumes": {"tmpSizeLimit": "7Gi"}},
-     lambda r: {v["name"]: v for v in worker(r)["template"]["spec"]["volumes"]}["tmp"]["emptyDir"], "sizeLimit", "7Gi"),
+    (
+        {"volumes": {"tmpSizeLimit": "7Gi"}},
+        lambda r: {v["name"]: v for v in worker(r)["template"]["spec"]["volumes"]}["tmp"]["emptyDir"],
+        "sizeLimit",
+        "7Gi",
+    ),
     ({"securityContext": {"runAsUser": 1234}}, lambda r: worker_container(r)["securityContext"], "runAsUser", 1234),
 ]
 
@@ -135,7 +195,9 @@ def field_id(case) -> str:
     return f"{field}<-{next(iter(values))}"
 
 
-@pytest.mark.parametrize(("values", "where", "field", "expected"), SERVE_CONFIG, ids=[field_id(c) for c in SERVE_CONFIG])
+@pytest.mark.parametrize(
+    ("values", "where", "field", "expected"), SERVE_CONFIG, ids=[field_id(c) for c in SERVE_CONFIG]
+)
 def test_serve_config_deployment_option_comes_from_its_value(values, where, field, expected):
     assert where(render(values))[field] == expected
 
@@ -145,7 +207,9 @@ def test_app_arg_comes_from_its_value(values, arg, expected):
     assert app_args(render(values))[arg] == expected
 
 
-@pytest.mark.parametrize(("values", "where", "field", "expected"), WORKER_GROUP, ids=[field_id(c) for c in WORKER_GROUP])
+@pytest.mark.parametrize(
+    ("values", "where", "field", "expected"), WORKER_GROUP, ids=[field_id(c) for c in WORKER_GROUP]
+)
 def test_ray_cluster_field_comes_from_its_value(values, where, field, expected):
     assert where(render(values))[field] == expected
 

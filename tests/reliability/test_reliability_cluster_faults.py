@@ -22,7 +22,7 @@ import shutil
 
 import pytest
 
-from bench.fault_cluster import FaultCluster, chart_facts, embedded_model_env
+from bench.fault_cluster import FaultCluster
 from bench.fault_scenarios import CHART_VALUES, CLIENT_TIMEOUT_S, head_loss, node_loss
 
 pytestmark = pytest.mark.ray
@@ -45,11 +45,10 @@ def _require_redis() -> None:
 @pytest.fixture(scope="module")
 def cluster():
     _require_redis()
-    facts = chart_facts(CHART_VALUES)
-    with FaultCluster.running(
-        serve_config=facts["serve_config"], worker_resources=facts["worker_resources"],
-        worker_cpus=facts["worker_cpus"], head_num_cpus=facts["head_num_cpus"], app_env=embedded_model_env(),
-        fault_tolerance="redis", workers=3,
+    with FaultCluster.of_chart(
+        CHART_VALUES,
+        fault_tolerance="redis",
+        workers=3,
     ) as running:
         yield running
 

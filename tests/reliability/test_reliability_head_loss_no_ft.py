@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.fault_cluster import FaultCluster, chart_facts, embedded_model_env
+from bench.fault_cluster import FaultCluster
 from bench.fault_scenarios import CHART_VALUES, CLIENT_TIMEOUT_S, STEADY_AFTER_S, head_loss
 
 pytestmark = pytest.mark.ray
@@ -29,11 +29,11 @@ WORKERS = 2
 
 @pytest.fixture(scope="module")
 def drill():
-    facts = chart_facts(CHART_VALUES)
-    with FaultCluster.running(
-        serve_config=facts["serve_config"], worker_resources=facts["worker_resources"],
-        worker_cpus=facts["worker_cpus"], head_num_cpus=facts["head_num_cpus"], app_env=embedded_model_env(),
-        fault_tolerance=None, worker_gcs_reconnect_timeout_s=RECONNECT_TIMEOUT_S, workers=WORKERS,
+    with FaultCluster.of_chart(
+        CHART_VALUES,
+        fault_tolerance=None,
+        worker_gcs_reconnect_timeout_s=RECONNECT_TIMEOUT_S,
+        workers=WORKERS,
     ) as cluster:
         result = head_loss(cluster, down_s=HEAD_DOWN_S, restore=False)
     print(f"\nhead loss without GCS fault tolerance: {result.summary}")

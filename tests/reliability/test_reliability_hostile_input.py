@@ -19,7 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from tests.support.serve_cluster import TEST_SIZE, TEST_SIZE_TRANSPOSED, api_application, fast_embedded_args, local_serve
+from tests.support.serve_cluster import (
+    TEST_SIZE,
+    TEST_SIZE_TRANSPOSED,
+    api_application,
+    fast_embedded_args,
+    local_serve,
+)
 
 pytestmark = pytest.mark.ray
 
@@ -29,15 +35,72 @@ MAX_PROMPT_CHARS = 2000
 TIMEOUT_S = 60.0
 
 FIELDS = (
-    "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "output_format",
-    "n", "size", "response_format", "quality", "style", "model", "user", "strength", "image", "mask", "image[]",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "guidance_scale",
+    "width",
+    "height",
+    "output_format",
+    "n",
+    "size",
+    "response_format",
+    "quality",
+    "style",
+    "model",
+    "user",
+    "strength",
+    "image",
+    "mask",
+    "image[]",
 )
 
 SPECIAL_STRINGS = (
-    "", " ", "nan", "NaN", "-nan", "inf", "-Infinity", "1e309", "-1e309", "1e-400", "-1", "-0", "0", "4294967295",
-    "4294967296", "18446744073709551617", "9" * 400, "0x10", "1_000", "１２", "true", "null", "[]", "{}", "1.5",
-    "128x96", "96x128", "128x128", "0x0", "128X96", "99999x99999", "png", "jpeg", "webp", "gif", "PNG", "b64_json", "url",
-    "\x00", "\r\nX-Injected: 1", "\u202e", "\ud7ff", "a" * (MAX_PROMPT_CHARS + 1), "☃" * 800,
+    "",
+    " ",
+    "nan",
+    "NaN",
+    "-nan",
+    "inf",
+    "-Infinity",
+    "1e309",
+    "-1e309",
+    "1e-400",
+    "-1",
+    "-0",
+    "0",
+    "4294967295",
+    "4294967296",
+    "18446744073709551617",
+    "9" * 400,
+    "0x10",
+    "1_000",
+    "１２",
+    "true",
+    "null",
+    "[]",
+    "{}",
+    "1.5",
+    "128x96",
+    "96x128",
+    "128x128",
+    "0x0",
+    "128X96",
+    "99999x99999",
+    "png",
+    "jpeg",
+    "webp",
+    "gif",
+    "PNG",
+    "b64_json",
+    "url",
+    "\x00",
+    "\r\nX-Injected: 1",
+    "\u202e",
+    "\ud7ff",
+    "a" * (MAX_PROMPT_CHARS + 1),
+    "☃" * 800,
 )
 
 nasty_text = st.one_of(
@@ -65,7 +128,9 @@ query_strings = st.lists(st.tuples(query_key, query_value), max_size=8).map(
 imagine_queries = st.one_of(
     query_strings,
     st.tuples(nasty_text, query_strings).map(
-        lambda pair: "prompt=" + urllib.parse.quote(pair[0].encode("utf-8", "surrogatepass") or b"x", safe="") + "&" + pair[1]
+        lambda pair: (
+            "prompt=" + urllib.parse.quote(pair[0].encode("utf-8", "surrogatepass") or b"x", safe="") + "&" + pair[1]
+        )
     ),
 )
 
@@ -83,7 +148,8 @@ json_leaf = st.one_of(
     nasty_text,
 )
 json_value = st.recursive(
-    json_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,
 )
 
@@ -110,6 +176,7 @@ content_types = st.one_of(
     st.just("application/json; charset=utf-8"),
     st.sampled_from(["text/plain", "application/x-www-form-urlencoded", "", "application/JSON", "multipart/form-data"]),
 )
+
 
 def _image_bytes(fmt: str, mode: str, width: int, height: int, frames: int) -> bytes:
     images = [Image.new(mode, (width, height), index * 40) for index in range(frames)]
@@ -169,14 +236,22 @@ multipart_bodies = st.one_of(
     multipart_parts.map(lambda parts: _multipart(parts, "b0undary")),
     # Half the time a valid prompt and image, so the other parts are what gets judged.
     st.tuples(nasty_text, upload_bytes, multipart_parts).map(
-        lambda p: _multipart([("prompt", (p[0] or "x").encode("utf-8", "surrogatepass")), ("image", p[1], True), *p[2]],
-                             "b0undary")),
+        lambda p: _multipart(
+            [("prompt", (p[0] or "x").encode("utf-8", "surrogatepass")), ("image", p[1], True), *p[2]], "b0undary"
+        )
+    ),
     multipart_parts.map(lambda parts: _multipart(parts, "b0undary")[:-7]),  # cut before the closing boundary
     st.binary(max_size=128),
 )
 multipart_types = st.sampled_from(
-    ["multipart/form-data; boundary=b0undary", "multipart/form-data", "multipart/form-data; boundary=other",
-     "application/json", "", 'multipart/form-data; boundary="b0undary"']
+    [
+        "multipart/form-data; boundary=b0undary",
+        "multipart/form-data",
+        "multipart/form-data; boundary=other",
+        "application/json",
+        "",
+        'multipart/form-data; boundary="b0undary"',
+    ]
 )
 
 HOSTILE_SETTINGS = settings(
@@ -281,7 +356,9 @@ def test_no_upload_gets_a_server_error(api, client, body, content_type):
 @pytest.mark.parametrize(
     "body",
     [
-        pytest.param(json.dumps({"prompt": "x" * (MAX_BODY_BYTES + 10)}).encode(), id="prompt-larger-than-the-body-limit"),
+        pytest.param(
+            json.dumps({"prompt": "x" * (MAX_BODY_BYTES + 10)}).encode(), id="prompt-larger-than-the-body-limit"
+        ),
         pytest.param(b"{" + b'"prompt": "a", ' * 200_000 + b'"n": 1}', id="3MB-of-duplicate-keys"),
         pytest.param(b"[" * 50_000 + b"]" * 50_000, id="deeply-nested-array"),
     ],
@@ -331,7 +408,9 @@ near_miss_tokens = st.one_of(
 )
 authorization_headers = st.one_of(
     near_miss_tokens.map(lambda t: "Bearer " + t),
-    st.tuples(st.sampled_from(["Basic", "Token", "Bearer:", "Digest", "Bearer=", "Bearer" + API_KEY]), st.just(API_KEY)).map(" ".join),
+    st.tuples(
+        st.sampled_from(["Basic", "Token", "Bearer:", "Digest", "Bearer=", "Bearer" + API_KEY]), st.just(API_KEY)
+    ).map(" ".join),
     near_miss_tokens,
 ).map(lambda header: header.strip(" \t"))
 
@@ -339,8 +418,11 @@ authorization_headers = st.one_of(
 @given(header=authorization_headers)
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_near_miss_authorization_header_unlocks_generation(api, client, header):
-    response = client.get(f"{api.root}{KEYED_PREFIX}/imagine", params={"prompt": "locked"},
-                          headers={"Authorization": header.encode("latin-1")})
+    response = client.get(
+        f"{api.root}{KEYED_PREFIX}/imagine",
+        params={"prompt": "locked"},
+        headers={"Authorization": header.encode("latin-1")},
+    )
     assert response.status_code == 401, f"{header!r} -> {response.status_code}"
     assert response.headers.get("www-authenticate", "").startswith("Bearer")
     assert API_KEY not in response.text
@@ -349,7 +431,9 @@ def test_no_near_miss_authorization_header_unlocks_generation(api, client, heade
 def test_the_exact_key_unlocks_generation_and_health_stays_open(api, client):
     keyed = f"{api.root}{KEYED_PREFIX}"
     assert client.get(f"{keyed}/healthz").status_code == 200
-    response = client.get(f"{keyed}/imagine", params={"prompt": "unlocked"}, headers={"Authorization": f"Bearer {API_KEY}"})
+    response = client.get(
+        f"{keyed}/imagine", params={"prompt": "unlocked"}, headers={"Authorization": f"Bearer {API_KEY}"}
+    )
     assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
 
 

@@ -110,8 +110,12 @@ def test_no_client_waits_past_the_configured_request_timeout(load_run):
 def test_a_request_that_outlives_its_time_limit_gets_a_408_instead_of_hanging(api):
     # Serve's proxy enforces the limit; a client may lower it for one request with this header.
     started = time.monotonic()
-    response = httpx.get(f"{api}/imagine", params={"prompt": "a long one", "steps": 50},
-                         headers={"X-Request-Timeout-Seconds": "0.2"}, timeout=CLIENT_TIMEOUT_S)
+    response = httpx.get(
+        f"{api}/imagine",
+        params={"prompt": "a long one", "steps": 50},
+        headers={"X-Request-Timeout-Seconds": "0.2"},
+        timeout=CLIENT_TIMEOUT_S,
+    )
     assert response.status_code == 408
     assert time.monotonic() - started < 5
     assert httpx.get(f"{api}/healthz", timeout=5).status_code == 200

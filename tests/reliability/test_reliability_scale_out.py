@@ -4,8 +4,9 @@ Runs ``bench/scale_out.py --quick`` (in its own interpreter: the driver there tu
 off for the clusters it starts, which is process-wide state) and checks what it recorded. The chart's
 autoscaling scenario on inf2.xlarge-shaped fake nodes (2 NeuronCores, one 2-core replica each), its
 node types derived by Ray's KubeRay translator, its serveConfigV2 deployed as KubeRay does; 40
-closed-loop clients on loopback ramp up, hold and stop (up to 2 nodes here, 3 in the full run). Then the control: the public blueprint's
-worker group, whose node type offers no neuron_cores. About 3 minutes on 2 cores.
+closed-loop clients on loopback ramp up, hold and stop (up to 2 nodes here, 3 in the full run). Then the
+control: the public blueprint's worker group, whose node type offers no neuron_cores. About 3 minutes on
+2 cores.
 """
 
 from __future__ import annotations
@@ -34,8 +35,18 @@ def run(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("scale_out") / "scale_out.json"
     token = uuid.uuid4().hex
     env = {**os.environ, "SDXL_FAKE_CLUSTER_TOKEN": token, "PYTHONPATH": str(REPO_ROOT)}
-    command = [sys.executable, str(REPO_ROOT / "bench" / "scale_out.py"), "--quick", "--no-plot", "--quiet", "--out", str(out)]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [
+        sys.executable,
+        str(REPO_ROOT / "bench" / "scale_out.py"),
+        "--quick",
+        "--no-plot",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         output, _ = process.communicate(timeout=RUN_LIMIT_S)
     except subprocess.TimeoutExpired:
@@ -53,7 +64,7 @@ def run(tmp_path_factory) -> dict:
             end_processes(leftovers)
     assert process.returncode == 0, output[-6000:]
     summary = json.loads(out.read_text())
-    print("\n" + output[output.find("| t (s)"):])
+    print("\n" + output[output.find("| t (s)") :])
     return summary
 
 

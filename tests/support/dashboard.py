@@ -69,8 +69,9 @@ def legend_text(legend: str, labels: dict) -> str:
     return _LEGEND_LABEL.sub(lambda match: labels.get(match.group(1), ""), legend) or json.dumps(labels)
 
 
-def render_png(api, dashboard: dict, start: float, end: float, path: Path, *, rate_interval: str = "1m",
-               step: float | None = None) -> Path:
+def render_png(
+    api, dashboard: dict, start: float, end: float, path: Path, *, rate_interval: str = "1m", step: float | None = None
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,9 +83,9 @@ def render_png(api, dashboard: dict, start: float, end: float, path: Path, *, ra
     columns = 3
     rows = math.ceil(len(panels) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(15, 3.1 * rows), dpi=72)
-    for axis in axes.flat[len(panels):]:
+    for axis in axes.flat[len(panels) :]:
         axis.axis("off")
-    for axis, panel in zip(axes.flat, panels):
+    for axis, panel in zip(axes.flat, panels, strict=False):  # more axes than panels
         unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit", "short")
         scale, suffix = (100.0, " %") if unit == "percentunit" else (1.0, " s" if unit == "s" else "")
         axis.set_title(panel["title"], fontsize=10, loc="left")
@@ -100,10 +101,16 @@ def render_png(api, dashboard: dict, start: float, end: float, path: Path, *, ra
         plotted = 0
         for target in panel["targets"]:
             for series in api.query_range(expand(target["expr"], values), start, end, step):
-                points = [(float(t) - start, float(v) * scale) for t, v in series["values"] if v not in ("NaN", "+Inf", "-Inf")]
+                points = [
+                    (float(t) - start, float(v) * scale)
+                    for t, v in series["values"]
+                    if v not in ("NaN", "+Inf", "-Inf")
+                ]
                 if points:
-                    xs, ys = zip(*points)
-                    axis.plot(xs, ys, linewidth=1.4, label=legend_text(target.get("legendFormat", ""), series["metric"]))
+                    xs, ys = zip(*points, strict=True)
+                    axis.plot(
+                        xs, ys, linewidth=1.4, label=legend_text(target.get("legendFormat", ""), series["metric"])
+                    )
                     plotted += 1
         axis.tick_params(labelsize=8)
         axis.set_xlabel("seconds into the run", fontsize=8)

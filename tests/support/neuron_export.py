@@ -36,17 +36,31 @@ def write_fake_neuron_export(
     staging = target.with_name(target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(source, staging)
-    common = {"compiler_type": "neuronx-cc", "compiler_version": compiler_version, "dynamic_batch_size": dynamic_batch_size,
-              "auto_cast": "matmul", "auto_cast_type": "bf16"}
+    common = {
+        "compiler_type": "neuronx-cc",
+        "compiler_version": compiler_version,
+        "dynamic_batch_size": dynamic_batch_size,
+        "auto_cast": "matmul",
+        "auto_cast_type": "bf16",
+    }
     images = batch_size * num_images_per_prompt
     shapes = {
         "text_encoder": {"static_batch_size": batch_size, "static_sequence_length": 77},
         "text_encoder_2": {"static_batch_size": batch_size, "static_sequence_length": 77},
-        "unet": {"static_batch_size": images, "static_sequence_length": 77, "static_num_channels": 4,
-                 "static_height": height // VAE_SCALE_FACTOR, "static_width": width // VAE_SCALE_FACTOR,
-                 "static_vae_scale_factor": VAE_SCALE_FACTOR},
-        "vae": {"static_batch_size": images, "static_num_channels": 4, "static_height": height // VAE_SCALE_FACTOR,
-                "static_width": width // VAE_SCALE_FACTOR},
+        "unet": {
+            "static_batch_size": images,
+            "static_sequence_length": 77,
+            "static_num_channels": 4,
+            "static_height": height // VAE_SCALE_FACTOR,
+            "static_width": width // VAE_SCALE_FACTOR,
+            "static_vae_scale_factor": VAE_SCALE_FACTOR,
+        },
+        "vae": {
+            "static_batch_size": images,
+            "static_num_channels": 4,
+            "static_height": height // VAE_SCALE_FACTOR,
+            "static_width": width // VAE_SCALE_FACTOR,
+        },
     }
     for component, shape in shapes.items():
         path = staging / component / "config.json"

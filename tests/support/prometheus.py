@@ -21,8 +21,8 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import yaml
 
@@ -124,16 +124,25 @@ def prometheus_server(
     port = free_port()
     log = (workdir / "prometheus.log").open("w")
     process = subprocess.Popen(
-        [binary, f"--config.file={config_file}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2h"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            binary,
+            f"--config.file={config_file}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=2h",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     api = PrometheusAPI(f"http://127.0.0.1:{port}")
     try:
         deadline = time.monotonic() + 60
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"prometheus exited ({process.returncode}): {(workdir / 'prometheus.log').read_text()}")
+                raise RuntimeError(
+                    f"prometheus exited ({process.returncode}): {(workdir / 'prometheus.log').read_text()}"
+                )
             try:
                 with urllib.request.urlopen(f"{api.base_url}/-/ready", timeout=2) as response:
                     if response.status == 200:

@@ -2,8 +2,8 @@
 
 Public API (kept small; the UI, chart and reliability tests import it):
 
-``local_serve(app_args, *, deployment_options=None, neuron_cores=0, num_cpus=2, extra_apps=(), env=None, request_timeout_s=None,
-metrics_export_port=None)``
+``local_serve(app_args, *, deployment_options=None, neuron_cores=0, num_cpus=2, extra_apps=(), env=None,
+request_timeout_s=None, metrics_export_port=None)``
     Context manager. Starts Ray (no dashboard) and Serve's HTTP proxy on 127.0.0.1 at a free port,
     deploys ``app.main:build_app`` with ``app_args`` at route prefix ``/serve`` the way a RayService
     does (a serveConfigV2-shaped config: the controller imports the builder and validates the args),
@@ -49,8 +49,8 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 #: ``fast_embedded_args``' default size and its transpose, as (width, height) (app.embedded_model's sizes).

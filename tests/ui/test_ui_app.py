@@ -13,8 +13,16 @@ from tests.support.serve_cluster import REPO_ROOT
 
 
 def _controls(**overrides):
-    values = dict(prompt="a red fox", negative_prompt="", seed=7, random_seed=False, steps=4.0,
-                  guidance_scale=3.5, size="64x64", output_format="png")
+    values = dict(
+        prompt="a red fox",
+        negative_prompt="",
+        seed=7,
+        random_seed=False,
+        steps=4.0,
+        guidance_scale=3.5,
+        size="64x64",
+        output_format="png",
+    )
     values.update(overrides)
     return _request_from_controls(**values)
 

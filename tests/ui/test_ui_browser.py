@@ -52,6 +52,7 @@ def needs_chromium(test):
 def _chromium_missing_in_ci():
     pytest.fail(f"{CHROMIUM} is missing in CI: ci/test.sh should have installed Debian's chromium")
 
+
 IMAGE_DECODED = """() => {
   const img = document.querySelector('#result-image img');
   return img !== null && img.complete && img.naturalWidth > 0;
@@ -61,18 +62,39 @@ IMAGE_DECODED = """() => {
 @pytest.fixture(scope="module")
 def service():
     down_url = f"http://127.0.0.1:{free_port()}/serve"  # nothing listens there
-    keyed_api = api_application(fast_embedded_args(api_key_env="SDXL_UI_TEST_KEY", warmup=False),
-                                {"ray_actor_options": {"num_cpus": 0.3}}, name="keyed", route_prefix="/keyed")
+    keyed_api = api_application(
+        fast_embedded_args(api_key_env="SDXL_UI_TEST_KEY", warmup=False),
+        {"ray_actor_options": {"num_cpus": 0.3}},
+        name="keyed",
+        route_prefix="/keyed",
+    )
     ui_apps = [
-        {"name": "ui", "route_prefix": "/ui", "import_path": "app.ui:build_ui_app", "args": {"api_url": "{root}/serve"}},
+        {
+            "name": "ui",
+            "route_prefix": "/ui",
+            "import_path": "app.ui:build_ui_app",
+            "args": {"api_url": "{root}/serve"},
+        },
         keyed_api,
-        {"name": "ui-keyed", "route_prefix": "/ui-keyed", "import_path": "app.ui:build_ui_app",
-         "args": {"api_url": "{root}/keyed"}},
+        {
+            "name": "ui-keyed",
+            "route_prefix": "/ui-keyed",
+            "import_path": "app.ui:build_ui_app",
+            "args": {"api_url": "{root}/keyed"},
+        },
         # A copy of the API that takes uploads of at most 64 KiB, and a UI in front of it.
-        api_application(fast_embedded_args(max_upload_bytes=64 * 1024, warmup=False),
-                        {"ray_actor_options": {"num_cpus": 0.3}}, name="small", route_prefix="/small"),
-        {"name": "ui-small", "route_prefix": "/ui-small", "import_path": "app.ui:build_ui_app",
-         "args": {"api_url": "{root}/small"}},
+        api_application(
+            fast_embedded_args(max_upload_bytes=64 * 1024, warmup=False),
+            {"ray_actor_options": {"num_cpus": 0.3}},
+            name="small",
+            route_prefix="/small",
+        ),
+        {
+            "name": "ui-small",
+            "route_prefix": "/ui-small",
+            "import_path": "app.ui:build_ui_app",
+            "args": {"api_url": "{root}/small"},
+        },
         {
             "name": "ui-down",
             "route_prefix": "/ui-down",
@@ -80,8 +102,9 @@ def service():
             "args": {"api_url": down_url, "request_timeout_s": 10},
         },
     ]
-    with local_serve(fast_embedded_args(max_prompt_chars=MAX_PROMPT_CHARS), extra_apps=ui_apps,
-                     env={"SDXL_UI_TEST_KEY": API_KEY}) as url:
+    with local_serve(
+        fast_embedded_args(max_prompt_chars=MAX_PROMPT_CHARS), extra_apps=ui_apps, env={"SDXL_UI_TEST_KEY": API_KEY}
+    ) as url:
         url.down_url = down_url
         yield url
 
@@ -141,8 +164,10 @@ def _generate(page, prompt: str) -> None:
 def _wait_for_result(page) -> tuple[int, str]:
     """Wait for a decoded image and a shown seed; return (seed, image URL)."""
     page.wait_for_function(IMAGE_DECODED, timeout=UI_TIMEOUT_MS)
-    page.wait_for_function("() => /^[0-9]+$/.test((document.querySelector('#seed-used textarea, #seed-used input') || {}).value || '')",
-                           timeout=UI_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => /^[0-9]+$/.test((document.querySelector('#seed-used textarea, #seed-used input') || {}).value || '')",
+        timeout=UI_TIMEOUT_MS,
+    )
     return int(_value(page, "seed-used")), page.locator("#result-image img").get_attribute("src")
 
 
@@ -194,8 +219,10 @@ def test_page_generates_an_image_and_shows_the_seed_and_time(page, service):
 
     assert 0 <= seed <= 2**32 - 1
     # 128x96 is the first configured size, so the default: the decoded image is that wide and that high.
-    natural = page.evaluate("() => [document.querySelector('#result-image img').naturalWidth, "
-                            "document.querySelector('#result-image img').naturalHeight]")
+    natural = page.evaluate(
+        "() => [document.querySelector('#result-image img').naturalWidth, "
+        "document.querySelector('#result-image img').naturalHeight]"
+    )
     assert natural == [128, 96]
     assert re.fullmatch(r"[0-9]+\.[0-9]{2} s", _value(page, "generation-time"))
     assert f"seed {seed}" in page.inner_text("#status")
@@ -279,8 +306,9 @@ def test_a_keyed_api_gets_each_visitors_key_and_the_page_holds_none(page, servic
 
     key_box.fill("not-the-key")
     page.click("#generate")
-    page.wait_for_function("() => document.querySelector('#status').innerText.includes('refused this API key')",
-                           timeout=UI_TIMEOUT_MS)
+    page.wait_for_function(
+        "() => document.querySelector('#status').innerText.includes('refused this API key')", timeout=UI_TIMEOUT_MS
+    )
     assert page.locator("#result-image img").count() == 0
 
     key_box.fill(API_KEY)
@@ -309,7 +337,8 @@ def _edit(page) -> None:
     page.click("#edit")
     page.wait_for_function(
         "() => document.querySelector('#result-image img') || document.querySelector('#status .ui-error')",
-        timeout=UI_TIMEOUT_MS)
+        timeout=UI_TIMEOUT_MS,
+    )
 
 
 def _paint_across_the_middle(page) -> None:
@@ -345,8 +374,10 @@ def test_edit_mode_uploads_an_image_and_the_painted_mask_changes_what_comes_back
     assert page.locator("#status .ui-error").count() == 0, page.inner_text("#status")
     seed, whole_src = _wait_for_result(page)
     assert seed == 4242
-    natural = page.evaluate("() => [document.querySelector('#result-image img').naturalWidth, "
-                            "document.querySelector('#result-image img').naturalHeight]")
+    natural = page.evaluate(
+        "() => [document.querySelector('#result-image img').naturalWidth, "
+        "document.querySelector('#result-image img').naturalHeight]"
+    )
     assert natural == [128, 96]  # the service's default size: the upload was scaled and centre-cropped
 
     _paint_across_the_middle(page)
@@ -354,7 +385,9 @@ def test_edit_mode_uploads_an_image_and_the_painted_mask_changes_what_comes_back
     page.wait_for_function(
         "(old) => { const img = document.querySelector('#result-image img');"
         " return img && img.getAttribute('src') !== old && img.complete && img.naturalWidth > 0; }",
-        arg=whole_src, timeout=UI_TIMEOUT_MS)
+        arg=whole_src,
+        timeout=UI_TIMEOUT_MS,
+    )
     _, masked_src = _wait_for_result(page)
     _screenshot(page, "ui-edit.png")
     assert page.request.get(masked_src).body() != page.request.get(whole_src).body()

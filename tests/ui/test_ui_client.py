@@ -7,6 +7,7 @@ front of it) does; the happy path against the real service lives in test_ui_brow
 from __future__ import annotations
 
 import asyncio
+import base64
 import socket
 import threading
 import time
@@ -20,10 +21,12 @@ from starlette.routing import Route
 
 from app.ui_client import (
     ApiError,
+    EditRequest,
     GenerationRequest,
     InvalidUIArgs,
     ServiceInfo,
     api_key_from_env,
+    edit,
     fetch_info,
     generate,
     parse_info,
@@ -56,12 +59,19 @@ async def _imagine(request: Request) -> Response:
         return Response(
             _PNG,
             media_type="image/png",
-            headers={"X-Seed": seed, "X-Generation-Time-Ms": "1520.5", "X-Steps": request.query_params.get("steps", "30"),
-                     "X-Guidance-Scale": "5.0", "X-Image-Size": "64x64"},
+            headers={
+                "X-Seed": seed,
+                "X-Generation-Time-Ms": "1520.5",
+                "X-Steps": request.query_params.get("steps", "30"),
+                "X-Guidance-Scale": "5.0",
+                "X-Image-Size": "64x64",
+            },
         )
     if scenario == "needs-key":
         if request.headers.get("authorization") != "Bearer s3cret":
-            return _api_error(401, "missing or invalid API key", None, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+            return _api_error(
+                401, "missing or invalid API key", None, "invalid_api_key", {"WWW-Authenticate": "Bearer"}
+            )
         return Response(_PNG, media_type="image/png", headers={"X-Seed": "5"})
     if scenario == "too-long":
         return _api_error(400, "'prompt' must be at most 2000 characters (got 2500)", "prompt", "too_long")
@@ -81,10 +91,50 @@ async def _imagine(request: Request) -> Response:
     return _api_error(404, f"no route {request.url.path}", None, "not_found")
 
 
+#: What the fake edits route last received, by scenario: the multipart form as the server parsed it.
+EDITS_RECEIVED: dict[str, dict] = {}
+
+
+async def _edits(request: Request) -> Response:
+    """``POST /v1/images/edits`` as the API answers it: JSON with the image, echoing what the form carried."""
+    scenario = request.path_params["scenario"]
+    if scenario == "slow":
+        await asyncio.sleep(3)
+    if scenario == "strength":
+        return _api_error(400, "'strength' must be between 0 and 1, got 1.5", "strength", "out_of_range")
+    if scenario == "not-image":
+        return JSONResponse({"data": []})
+    form = await request.form()
+    image, mask = form.get("image"), form.get("mask")
+    EDITS_RECEIVED[scenario] = {
+        "fields": {key: value for key, value in form.items() if isinstance(value, str)},
+        "image": (image.filename, image.content_type, len(await image.read())),
+        "mask": None if mask is None else (mask.filename, mask.content_type, len(await mask.read())),
+    }
+    return JSONResponse(
+        {
+            "data": [{"b64_json": base64.b64encode(_PNG).decode(), "seed": int(form.get("seed", 77))}],
+            "output_format": form.get("output_format", "png"),
+            "steps": 6,
+            "guidance_scale": 4.5,
+            "size": "64x64",
+            "generation_time_ms": 812.0,
+        }
+    )
+
+
 #: The args the fake API publishes its /info from, through the service's own schema builder.
-FAKE_API_ARGS = {"backend": "cpu", "model_id": "embedded", "image_sizes": ["128x64", "64x64"], "max_prompt_chars": 77,
-                 "default_steps": 3, "max_steps": 12, "default_guidance_scale": 2.5, "max_guidance_scale": 9.5,
-                 "default_output_format": "webp"}
+FAKE_API_ARGS = {
+    "backend": "cpu",
+    "model_id": "embedded",
+    "image_sizes": ["128x64", "64x64"],
+    "max_prompt_chars": 77,
+    "default_steps": 3,
+    "max_steps": 12,
+    "default_guidance_scale": 2.5,
+    "max_guidance_scale": 9.5,
+    "default_output_format": "webp",
+}
 
 
 async def _info(request: Request) -> Response:
@@ -105,7 +155,13 @@ async def _info(request: Request) -> Response:
 
 @pytest.fixture(scope="module")
 def fake_api():
-    app = Starlette(routes=[Route("/{scenario}/imagine", _imagine), Route("/{scenario}/info", _info)])
+    app = Starlette(
+        routes=[
+            Route("/{scenario}/imagine", _imagine),
+            Route("/{scenario}/info", _info),
+            Route("/{scenario}/v1/images/edits", _edits, methods=["POST"]),
+        ]
+    )
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -186,8 +242,12 @@ def test_info_request_schema_sets_the_controls_limits_and_defaults(fake_api):
 
 
 def test_info_without_a_request_schema_keeps_the_api_defaults_and_stays_consistent():
-    info = parse_info({"image_sizes": ["nonsense"], "request_schema": {"imagine": {"properties": {
-        "steps": {"type": "integer", "maximum": 4}}}}})
+    info = parse_info(
+        {
+            "image_sizes": ["nonsense"],
+            "request_schema": {"imagine": {"properties": {"steps": {"type": "integer", "maximum": 4}}}},
+        }
+    )
     assert info.image_sizes == ServiceInfo().image_sizes
     # The documented default (30) exceeds the reported limit: the slider must not start out of range.
     assert info.max_steps == 4 and info.default_steps == 4
@@ -211,7 +271,13 @@ def test_info_that_is_not_an_object_is_a_readable_error():
 
 def test_generation_returns_the_service_image_and_the_parameters_it_used(fake_api):
     request = GenerationRequest(
-        prompt="a red fox", negative_prompt="blur", seed=42, steps=4, guidance_scale=3.5, size="64x64", output_format="png"
+        prompt="a red fox",
+        negative_prompt="blur",
+        seed=42,
+        steps=4,
+        guidance_scale=3.5,
+        size="64x64",
+        output_format="png",
     )
     result = generate(f"{fake_api}/ok", request)
     assert result.image == _PNG
@@ -221,11 +287,23 @@ def test_generation_returns_the_service_image_and_the_parameters_it_used(fake_ap
 
 def test_generation_query_carries_every_control_and_splits_the_size():
     request = GenerationRequest(
-        prompt="a red fox", negative_prompt="blur", seed=7, steps=4, guidance_scale=3.5, size="128x64", output_format="webp"
+        prompt="a red fox",
+        negative_prompt="blur",
+        seed=7,
+        steps=4,
+        guidance_scale=3.5,
+        size="128x64",
+        output_format="webp",
     )
     assert request.query() == {
-        "prompt": "a red fox", "negative_prompt": "blur", "seed": "7", "steps": "4", "guidance_scale": "3.5",
-        "width": "128", "height": "64", "output_format": "webp",
+        "prompt": "a red fox",
+        "negative_prompt": "blur",
+        "seed": "7",
+        "steps": "4",
+        "guidance_scale": "3.5",
+        "width": "128",
+        "height": "64",
+        "output_format": "webp",
     }
 
 
@@ -294,3 +372,52 @@ def test_a_service_that_is_down_is_reported_as_unreachable_with_its_url():
     assert caught.value.kind == "unreachable" and url in caught.value.message
     with pytest.raises(ApiError, match="unreachable"):
         fetch_info(url)
+
+
+# ---------------------------------------------------------------------------------------------
+# Edits (POST /v1/images/edits, multipart)
+
+_EDIT = EditRequest(prompt="a red fox in snow", image=_PNG + b"image", mask=_PNG, strength=0.6, seed=9)
+
+
+def test_an_edit_sends_image_and_mask_as_multipart_and_returns_what_the_service_used(fake_api):
+    result = edit(f"{fake_api}/ok", _EDIT)
+    assert result.image == _PNG and result.media_type == "image/png" and result.seed == 9
+    assert (result.steps, result.guidance_scale, result.size, result.generation_ms) == (6, 4.5, "64x64", 812.0)
+
+
+def test_an_edit_reaches_the_service_as_a_form_with_every_control_and_both_files(fake_api):
+    edit(f"{fake_api}/ok", _EDIT)
+    assert EDITS_RECEIVED["ok"] == {
+        "fields": {"prompt": "a red fox in snow", "response_format": "b64_json", "seed": "9", "strength": "0.6"},
+        "image": ("image.png", "image/png", len(_EDIT.image)),
+        "mask": ("mask.png", "image/png", len(_PNG)),
+    }
+    edit(f"{fake_api}/ok", EditRequest(prompt="no mask", image=_PNG))
+    assert EDITS_RECEIVED["ok"]["mask"] is None and EDITS_RECEIVED["ok"]["fields"]["prompt"] == "no mask"
+
+
+def test_an_edit_the_service_refuses_shows_the_api_message(fake_api):
+    with pytest.raises(ApiError) as caught:
+        edit(f"{fake_api}/strength", _EDIT)
+    assert caught.value.status == 400 and "'strength' must be between 0 and 1" in caught.value.message
+
+
+def test_a_slow_edit_is_reported_as_a_timeout_not_a_hang(fake_api):
+    started = time.monotonic()
+    with pytest.raises(ApiError) as caught:
+        edit(f"{fake_api}/slow", _EDIT, timeout_s=0.5)
+    assert caught.value.kind == "timeout" and "0.5 s" in caught.value.message
+    assert time.monotonic() - started < 2.5
+
+
+def test_an_edit_answer_without_an_image_is_an_error_not_a_picture(fake_api):
+    with pytest.raises(ApiError) as caught:
+        edit(f"{fake_api}/not-image", _EDIT)
+    assert caught.value.kind == "bad_response" and "no image" in caught.value.message
+
+
+def test_an_edit_without_an_image_is_refused_before_calling_the_service():
+    url = f"http://127.0.0.1:{_free_port()}/serve"
+    with pytest.raises(ApiError, match="Upload an image"):
+        edit(url, EditRequest(prompt="a red fox"))

@@ -65,7 +65,9 @@ class NeuronStableDiffusionXLPipeline:
         self.vae_encoder = vae_encoder
         self.vae_scale_factor = inner.vae_scale_factor
         self.neuron_configs = {
-            name: SimpleNamespace(batch_size=config["static_batch_size"], dynamic_batch_size=config["dynamic_batch_size"])
+            name: SimpleNamespace(
+                batch_size=config["static_batch_size"], dynamic_batch_size=config["dynamic_batch_size"]
+            )
             for name, config in neuron.items()
         }
         self.dynamic_batch_size = all(config["dynamic_batch_size"] for config in neuron.values())
@@ -128,8 +130,9 @@ class NeuronStableDiffusionXLPipeline:
                     )
         static = self.unet.config.neuron
         height, width = static["static_height"] * self.vae_scale_factor, static["static_width"] * self.vae_scale_factor
-        self.calls.append({"prompts": len(prompts), "visible_cores": os.environ.get("NEURON_RT_VISIBLE_CORES"),
-                           "task": self._TASK})
+        self.calls.append(
+            {"prompts": len(prompts), "visible_cores": os.environ.get("NEURON_RT_VISIBLE_CORES"), "task": self._TASK}
+        )
         if "image" in kwargs:  # optimum-neuron resizes edit inputs to the compiled size
             kwargs["image"] = [image.resize((width, height)) for image in kwargs["image"]]
         if "mask_image" in kwargs:
