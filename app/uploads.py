@@ -114,7 +114,9 @@ def open_image(data: bytes, param: str, max_pixels: int) -> Image.Image:
     """Decode one uploaded file as a single-frame PNG, JPEG or WebP within ``max_pixels`` (EXIF-rotated)."""
     if not data:
         raise invalid(param, f"'{param}' is an empty file")
-    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check, at our budget (and twice it, an error)
+    # Image.open reads only the header; the size check below refuses a large image before any pixel is
+    # decoded. Pillow's own bomb check (its process-wide default limit) stays as it is: changing that
+    # global would refuse large images everywhere else in the process, e.g. a PNG the UI or a test opens.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

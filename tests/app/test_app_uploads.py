@@ -74,6 +74,17 @@ def test_a_header_that_declares_too_many_pixels_is_refused_before_decoding(side)
     assert error.code == "image_too_large" and str(BUDGET) in error.message
 
 
+def test_refusing_a_large_upload_leaves_other_image_decoding_in_the_process_alone():
+    # A replica shares its process with other Pillow users (a dashboard snapshot, a UI proxy, tests):
+    # the service's upload budget must not become their limit.
+    limit_before = Image.MAX_IMAGE_PIXELS
+    refused(png_declaring(600, 600), budget=64 * 64)
+    assert Image.MAX_IMAGE_PIXELS == limit_before
+    large = Image.open(io.BytesIO(encoded(Image.new("RGB", (1080, 892)), "PNG")))
+    large.load()
+    assert large.size == (1080, 892)
+
+
 def test_an_animated_image_is_refused():
     frames = [Image.new("RGB", (16, 16), color) for color in ((255, 0, 0), (0, 255, 0))]
     buffer = io.BytesIO()
