@@ -110,3 +110,32 @@ def test_a_page_without_markers_is_refused_before_anything_is_written(tmp_path, 
     with pytest.raises(SystemExit, match="has no markers for demo"):
         docs_copy.publish("demo", {}, "# Run\n", page, top=2)
     assert not (tmp_path / "bench").exists() and page.read_text() == "# Page\n"
+
+
+def test_the_pages_reading_of_the_comparison_quotes_the_committed_run():
+    data, _ = committed("compare")
+    text = PAGE.read_text()
+    start = text.index("### Reading these numbers")
+    reading = " ".join(text[start : text.index("### What the metrics cost", start)].split())
+    goals, ratios, overhead = data["goals"], data["round_ratios"]["ours"], data["overhead"]
+    encoded = {(row["image"], row["encoding"]): row for row in data["encoding"]}
+    level6 = encoded[("photo-like", "png (seed: Pillow default level 6)")]
+    level1 = encoded[("photo-like", "png (ours: level 1)")]
+    expected = [
+        f"{goals['throughput_ratio_c16']:.2f}× the seed's pooled",
+        f"{min(ratios['throughput_c16']):.2f}-{max(ratios['throughput_c16']):.2f}× round by round",
+        f"{goals['p50_ratio_c1']:.2f}× the seed's pooled",
+        f"{min(ratios['p50_c1']):.2f}-{max(ratios['p50_c1']):.2f}× round by round",
+        f"the bare call's p50 is {data['bare']['bare_p50_s']:.3f} s",
+        f"{overhead['ours']['overhead_s']:.3f} s over the bare call for ours",
+        f"{overhead['seed']['overhead_s']:.3f} s for the seed",
+        f"reaches {data['nowait_vs_seed']['throughput_ratio_c16']:.2f}× the seed",
+        f"gives {data['bare']['batching']['efficiency']:.2f}× the images/s",
+        f"PNG level 1 (ours, {level1['ms']:.0f} ms)",
+        f"level 6 (the seed's, {level6['ms']:.0f} ms)",
+        f"for {round(100 * (level1['bytes'] / level6['bytes'] - 1))} % more bytes",
+    ]
+    missing = [figure for figure in expected if figure not in reading]
+    assert not missing, f"'Reading these numbers' should quote docs/bench/compare.json: {missing}"
+    assert ("The throughput goal is met" in reading) == goals["throughput_met"]
+    assert ("the latency goal is not" in reading) == (not goals["p50_met"])
